@@ -1,0 +1,261 @@
+"""`resnet-repro`: parse, call, print. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import config as config_mod
+from .errors import UserError
+from .models import ModelSpec, build_model, count_multiply_adds, count_parameters, cifar_depth
+from .train import Interrupted
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Re-run He et al. 2015, 'Deep Residual Learning for Image Recognition'.")
+models_app = typer.Typer(no_args_is_help=True, help="Layers, parameters and multiply-adds of built models.")
+app.add_typer(models_app, name="models")
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder with the data (else $RESNET_REPRO_DATA).")]
+ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Tables and figures go here.")]
+RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Run directories (default: experiments/ beside --results-dir).")]
+ConfigDir = Annotated[Path | None, typer.Option("--config-dir", help="Config tree to use instead of the project's conf/.")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. profile=smoke model.shortcut=B seeds=5.")]
+
+
+class Arch(str, Enum):
+    plain = "plain"
+    resnet = "resnet"
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """User errors become one line on stderr and a non-zero exit, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as e:
+            err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
+            raise typer.Exit(130)
+        except UserError as e:
+            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated whole numbers, e.g. 3,5,7 (got {text!r})")
+    if not values:
+        raise UserError(f"{what} is empty: give comma-separated whole numbers, e.g. 3,5,7")
+    return values
+
+
+def parse_archs(text: str) -> list[str]:
+    archs = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in archs if a not in Arch.__members__]
+    if bad or not archs:
+        raise UserError(f"--arch takes plain and/or resnet, e.g. plain,resnet (got {text!r})")
+    return archs
+
+
+def _path_overrides(data_dir, results_dir, runs_dir) -> list[str]:
+    out = [f"results_dir={results_dir}"]
+    if data_dir is not None:
+        out.append(f"data.root={data_dir}")
+    if runs_dir is not None:
+        out.append(f"runs_dir={runs_dir}")
+    return out
+
+
+def _train_and_report(cfg, restart: bool) -> None:
+    from . import runner
+
+    interactive = console.is_terminal
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
+                        disable=not interactive)
+    task = None
+
+    def on_run(run_cfg, run, status):
+        nonlocal task
+        if status == "skip":
+            console.print(f"{run_cfg.run.id}: finished already, skipped ({run.path})", highlight=False)
+            return
+        if task is not None:
+            progress.remove_task(task)
+        task = progress.add_task(run_cfg.run.id, total=int(run_cfg.train.iterations), status=status)
+        if not interactive:
+            console.print(f"{run_cfg.run.id}: {status} ({run.path})", highlight=False)
+
+    def on_row(row):
+        err = row.get("test_error")
+        status = f"train {row['train_error']:.1f}%" + (f" test {err:.2f}%" if err is not None else "")
+        progress.update(task, completed=row["iteration"], status=status)
+
+    with progress:
+        summaries = runner.run_experiment(cfg, restart=restart, on_run=on_run, on_row=on_row)
+    for s in summaries:
+        console.print(f"{s['run_id']}: test error {s['final_test_error']:.2f}% after {s['iterations_done']} "
+                      f"iterations ({s['profile_label']}, {s['wall_s']:.0f} s)", highlight=False)
+    _report(cfg, list(cfg.experiment.reports))
+
+
+def _report(cfg, names: list[str]) -> None:
+    from . import plots, report
+
+    runs_dir, results_dir = config_mod.runs_root(cfg), Path(cfg.results_dir)
+    tables = [n for n in names if n.startswith("table")]
+    figures = [n for n in names if n.startswith("fig")]
+    if tables:
+        for path in report.write_tables(runs_dir, results_dir, tables=tables):
+            console.print(f"wrote {path}", highlight=False)
+    for name in figures:
+        _print_figure(plots.plot_figure(name, runs_dir, results_dir))
+
+
+def _print_figure(result) -> None:
+    for path in result.paths:
+        console.print(f"wrote {path}", highlight=False)
+    for line in result.missing:
+        console.print(f"[yellow]missing:[/yellow] {line}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def run(
+    experiment: Annotated[str, typer.Argument(help="An experiment from `resnet-repro list`, e.g. table6.")],
+    overrides: Overrides = None,
+    data_dir: DataDir = None,
+    results_dir: ResultsDir = Path("results"),
+    runs_dir: RunsDir = None,
+    config_dir: ConfigDir = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Start unfinished runs over instead of resuming.")] = False,
+):
+    """Train what EXPERIMENT needs (resuming unfinished runs), then write its tables and figures."""
+    cfg = config_mod.compose_experiment(
+        experiment, [*(overrides or []), *_path_overrides(data_dir, results_dir, runs_dir)], config_dir)
+    _train_and_report(cfg, restart)
+
+
+@app.command()
+@friendly_errors
+def sweep(
+    family: Annotated[str, typer.Argument(help="cifar")],
+    n: Annotated[str, typer.Option("--n", help="Comma-separated n (depth 6n+2), e.g. 3,5,7,9,18.")] = "3,5,7,9,18",
+    arch: Annotated[str, typer.Option("--arch", help="plain, resnet or plain,resnet.")] = "resnet",
+    overrides: Overrides = None,
+    data_dir: DataDir = None,
+    results_dir: ResultsDir = Path("results"),
+    runs_dir: RunsDir = None,
+    config_dir: ConfigDir = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Start unfinished runs over instead of resuming.")] = False,
+):
+    """One run per (arch, n, seed) on CIFAR-10."""
+    if family != "cifar":
+        raise UserError(f"unknown sweep {family!r}: only `sweep cifar` exists (ImageNet: resnet-repro run table3)")
+    ns, archs = parse_ints(n, "--n"), parse_archs(arch)
+    if bad := [v for v in ns if v < 1]:
+        raise UserError(f"--n must be >= 1 (depth 6n+2), got {bad[0]}")
+    cfg = config_mod.compose_experiment(
+        "sweep_cifar", [*(overrides or []), *_path_overrides(data_dir, results_dir, runs_dir)], config_dir)
+    cfg.experiment.runs = config_mod.sweep_entries(archs, ns)
+    _train_and_report(cfg, restart)
+
+
+@app.command("list")
+@friendly_errors
+def list_(config_dir: ConfigDir = None):
+    """Experiments and profiles, one line each."""
+    for group in ("experiment", "profile"):
+        for name, text in config_mod.list_group(group, config_dir).items():
+            console.print(f"{group:<10} {name:<14} {text}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly_errors
+def plot(
+    figure: Annotated[str, typer.Argument(help="fig1, fig4, fig6, fig7 or all.")],
+    results_dir: ResultsDir = Path("results"),
+    runs_dir: RunsDir = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="Draw runs of this profile only.")] = None,
+):
+    """Figures from finished (and partial) runs, into --results-dir as PNG and PDF."""
+    from . import plots
+
+    runs = runs_dir or results_dir.resolve().parent / "experiments"
+    names = list(plots.FIGURES) if figure == "all" else [figure]
+    for name in names:
+        if name not in plots.FIGURES:
+            raise UserError(f"unknown figure {name!r}: choose one of {', '.join(plots.FIGURES)} or all")
+        _print_figure(plots.plot_figure(name, runs, results_dir, profile=profile))
+
+
+@app.command()
+@friendly_errors
+def report(
+    results_dir: ResultsDir = Path("results"),
+    runs_dir: RunsDir = None,
+):
+    """Tables 2-6 and results/README.md from the run directories."""
+    from . import report as report_mod
+
+    runs = runs_dir or results_dir.resolve().parent / "experiments"
+    for path in [*report_mod.write_tables(runs, results_dir), report_mod.write_readme(runs, results_dir)]:
+        console.print(f"wrote {path}", highlight=False)
+
+
+def _models_table(title: str, specs: list[tuple[ModelSpec, object]], image_size: int) -> None:
+    table = Table(title=title)
+    for col in ("model", "layers", "params", "multiply-adds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for spec, model_cfg in specs:
+        model = build_model(model_cfg, 10 if spec.family == "cifar" else 1000)
+        macs = count_multiply_adds(model, image_size)
+        table.add_row(spec.name, str(spec.depth), f"{count_parameters(model):,}",
+                      f"{macs / 1e6:,.1f}M" if macs < 1e9 else f"{macs / 1e9:.2f}G")
+    console.print(table)
+
+
+@models_app.command("cifar")
+@friendly_errors
+def models_cifar(
+    n: Annotated[str, typer.Option("--n", help="Comma-separated n (depth 6n+2).")] = "3,5,7,9,18,200",
+    arch: Annotated[str, typer.Option("--arch", help="plain, resnet or plain,resnet.")] = "resnet",
+    shortcut: Annotated[str, typer.Option("--shortcut", help="A, B or C.")] = "A",
+):
+    """CIFAR-10 nets: layers, parameters, multiply-adds per 32x32 image."""
+    from omegaconf import OmegaConf
+
+    specs = []
+    for a in parse_archs(arch):
+        for value in parse_ints(n, "--n"):
+            if value < 1:
+                raise UserError(f"--n must be >= 1 (depth 6n+2), got {value}")
+            if shortcut not in ("A", "B", "C"):
+                raise UserError(f"--shortcut takes A, B or C (got {shortcut!r})")
+            cfg = OmegaConf.create({"family": "cifar", "arch": a, "n": value, "shortcut": shortcut})
+            specs.append((ModelSpec("cifar", a, cifar_depth(value), shortcut), cfg))
+    _models_table("CIFAR-10 nets (Sec. 4.2)", specs, 32)
+
+
+def main() -> None:
+    app(prog_name="resnet-repro")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Compose an experiment with Hydra and expand it into one config per run.
+
+Hydra's compose API does not read sys.argv, create output folders or multirun: the CLI hands us
+the overrides, our own code owns run directories, and we expand the static grid
+(experiment.runs x seeds) here. Hydra's launchers are for `python -m resnet_repro.launch -m ...`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import UserError
+from .models import ModelSpec, spec_from_config
+
+CONFIG_ENV = "RESNET_REPRO_CONFIG_DIR"
+
+# Overrides that change where or how fast a run goes, not what it computes: they do not make a
+# new run variant (the model keys are part of the run's name instead).
+_NEUTRAL_KEYS = {
+    "profile", "seed", "seeds", "device", "results_dir", "runs_dir", "experiment",
+    "data.root", "data.download", "model.arch", "model.n", "model.depth", "model.shortcut", "model.stride_on",
+    "train.threads", "train.compile", "train.log_every", "train.eval_every", "train.checkpoint_every",
+    "train.eval_batch_size", "train.channels_last", "train.responses",
+}
+
+
+def config_dir(explicit: str | Path | None = None) -> Path:
+    """--config-dir, then $RESNET_REPRO_CONFIG_DIR, then the installed copy, then the source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (explicit, os.environ.get(CONFIG_ENV), here / "conf", here.parents[1] / "conf"):
+        if candidate and (Path(candidate) / "config.yaml").is_file():
+            return Path(candidate).resolve()
+    raise UserError(f"no config.yaml found: pass --config-dir or set {CONFIG_ENV} to the project's conf/ folder")
+
+
+def list_group(group: str, conf: Path | None = None) -> dict[str, str]:
+    """Options of a config group with their description (or profile label)."""
+    folder = config_dir(conf) / group
+    out = {}
+    for path in sorted(folder.glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        text = OmegaConf.select(cfg, "experiment.description") or OmegaConf.select(cfg, "profile.label") or ""
+        out[path.stem] = text
+    return out
+
+
+def compose_experiment(experiment: str, overrides: list[str] = (), conf: Path | None = None) -> DictConfig:
+    conf = config_dir(conf)
+    known = list_group("experiment", conf)
+    if experiment not in known:
+        raise UserError(f"unknown experiment {experiment!r}; known: {', '.join(known)} (see `resnet-repro list`)")
+    for o in overrides:
+        if "=" not in o or o.startswith("="):
+            raise UserError(f"malformed override {o!r}: write key=value, e.g. model.shortcut=B or profile=smoke")
+    if GlobalHydra.instance().is_initialized():  # a previous context was left open (tests, notebooks)
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("config", overrides=[f"experiment={experiment}", *overrides])
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"bad override: {first} (see `resnet-repro list` and conf/)")
+    with open_dict(cfg):
+        cfg.experiment.overrides = list(overrides)
+    return cfg
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def variant_of(overrides: list[str]) -> str:
+    """A short stable tag for overrides that change what a run computes ("" for none)."""
+    changing = sorted(o.lstrip("+") for o in overrides if _key(o) not in _NEUTRAL_KEYS)
+    return hashlib.sha1("\n".join(changing).encode()).hexdigest()[:6] if changing else ""
+
+
+def run_id(spec: ModelSpec, seed: int, variant: str) -> str:
+    return f"{spec.name}-seed{seed}" + (f"-{variant}" if variant else "")
+
+
+def expand_runs(cfg: DictConfig) -> list[DictConfig]:
+    """One resolved config per (entry of experiment.runs, seed); the user's model.* overrides
+    win over the experiment's entries, and identical runs are kept once."""
+    overrides = list(cfg.experiment.get("overrides", []))
+    user_model = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides if _key(o).startswith("model.")])
+    variant = variant_of(overrides)
+    runs, seen = [], set()
+    for entry in cfg.experiment.runs:
+        for seed in range(int(cfg.seed), int(cfg.seed) + int(cfg.seeds)):
+            run = cfg.copy()
+            try:
+                run.model = OmegaConf.merge(cfg.model, entry, user_model.get("model", {}))
+                spec = spec_from_config(run.model)
+            except (OmegaConfBaseException, ValueError, TypeError) as e:
+                raise UserError(f"bad model settings {dict(entry)}: {e}")
+            run.seed = seed
+            with open_dict(run):
+                run.run = {"id": run_id(spec, seed, variant), "variant": variant, "model_name": spec.name,
+                           "depth": spec.depth}
+            if run.run.id not in seen:
+                seen.add(run.run.id)
+                runs.append(run)
+    return runs
+
+
+def sweep_entries(archs: list[str], ns: list[int]) -> list[dict]:
+    return [{"arch": arch, "n": n} for arch in archs for n in ns]
+
+
+def runs_root(cfg: DictConfig) -> Path:
+    if cfg.runs_dir:
+        return Path(cfg.runs_dir)
+    return Path(cfg.results_dir).resolve().parent / "experiments"

@@ -1,0 +1,277 @@
+"""Plain and residual networks of He et al. 2015, CIFAR-10 (Sec. 4.2) and ImageNet (Table 1).
+
+One `ResNet` class builds every net: the stem and the depth table pick CIFAR or ImageNet,
+the block type picks basic (two 3x3) or bottleneck (1x1-3x3-1x1), and `shortcut` picks
+"none" (the plain twin), "A", "B" or "C" (Sec. 3.3). The decision lives in `make_shortcut`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SHORTCUTS = ("none", "A", "B", "C")
+STRIDES = ("v1", "v1.5")  # where a down-sampling bottleneck puts its stride: first 1x1 (paper) or 3x3
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+
+class PadShortcut(nn.Module):
+    """Option A: identity with stride-s subsampling and zero-padded extra channels; no parameters."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        self.stride, self.extra = stride, out_planes - in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+    """The block's shortcut branch: None means no shortcut at all (a plain net)."""
+    if kind == "none":
+        return None
+    if kind not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut {kind!r}: choose one of {', '.join(SHORTCUTS)}")
+    same_shape = stride == 1 and in_planes == out_planes
+    if kind == "C" or (kind == "B" and not same_shape):
+        return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+    return nn.Identity() if same_shape else PadShortcut(in_planes, out_planes, stride)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 layers (Fig. 5 left); BN after each conv, ReLU after the addition."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A", stride_on: str = "v1"):
+        super().__init__()
+        self.conv1, self.bn1 = conv3x3(in_planes, planes, stride), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = conv3x3(planes, planes), nn.BatchNorm2d(planes)
+        self.shortcut = make_shortcut(shortcut, in_planes, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+    def response_layers(self) -> list[nn.Module]:
+        return [self.bn1, self.bn2]
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 restore (Fig. 5 right). `stride_on` "v1" strides the first 1x1 as the
+    paper's Caffe model does; "v1.5" strides the 3x3 as torchvision does (more FLOPs, a little better)."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B", stride_on: str = "v1"):
+        super().__init__()
+        if stride_on not in STRIDES:
+            raise ValueError(f"unknown stride placement {stride_on!r}: choose one of {', '.join(STRIDES)}")
+        s1, s3 = (stride, 1) if stride_on == "v1" else (1, stride)
+        out_planes = planes * self.expansion
+        self.conv1, self.bn1 = conv1x1(in_planes, planes, s1), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = conv3x3(planes, planes, s3), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = conv1x1(planes, out_planes), nn.BatchNorm2d(out_planes)
+        self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+    def response_layers(self) -> list[nn.Module]:
+        return [self.bn2]
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+class ResNet(nn.Module):
+    def __init__(
+        self,
+        block: Block,
+        layers: list[int],
+        widths: list[int],
+        stem: str,
+        num_classes: int,
+        shortcut: str = "A",
+        stride_on: str = "v1",
+    ):
+        super().__init__()
+        self.in_planes = widths[0] if stem == "cifar" else 64
+        if stem == "cifar":  # 3x3 conv, 16 filters (Sec. 4.2)
+            self.conv1 = conv3x3(3, self.in_planes)
+            self.maxpool = nn.Identity()
+        else:  # 7x7/2 conv, 64 filters, 3x3/2 max-pool (Table 1)
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(self.in_planes)
+        self.stages = nn.Sequential(
+            *(
+                self._make_stage(block, width, count, 1 if i == 0 else 2, shortcut, stride_on)
+                for i, (width, count) in enumerate(zip(widths, layers))
+            )
+        )
+        self.fc = nn.Linear(self.in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):  # He init, Caffe's "MSRA" filler (fan-in)
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_stage(self, block: Block, planes: int, count: int, stride: int, shortcut: str, stride_on: str):
+        blocks = []
+        for i in range(count):
+            blocks.append(block(self.in_planes, planes, stride if i == 0 else 1, shortcut, stride_on))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.stages(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def response_layers(self) -> list[nn.Module]:
+        """BN layers that follow a 3x3 conv, in network order: their outputs are Fig. 7's responses."""
+        stem = [self.bn1] if self.conv1.kernel_size == (3, 3) else []
+        return stem + [bn for stage in self.stages for blk in stage for bn in blk.response_layers()]
+
+
+# Variants are data: depth -> (block, blocks per stage). CIFAR depth is 6n+2 with n blocks per stage.
+IMAGENET_DEPTHS: dict[int, tuple[Block, list[int]]] = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
+CIFAR_WIDTHS = [16, 32, 64]
+IMAGENET_WIDTHS = [64, 128, 256, 512]
+
+
+def cifar_depth(n: int) -> int:
+    return 6 * n + 2
+
+
+def cifar_resnet(n: int, arch: str = "resnet", shortcut: str = "A", num_classes: int = 10) -> ResNet:
+    """The 6n+2-layer CIFAR-10 net; `arch="plain"` drops every shortcut."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a whole number >= 1 (depth 6n+2), got {n!r}")
+    return ResNet(BasicBlock, [n] * 3, CIFAR_WIDTHS, "cifar", num_classes, _shortcut_for(arch, shortcut))
+
+
+def imagenet_resnet(
+    depth: int, arch: str = "resnet", shortcut: str = "B", stride_on: str = "v1", num_classes: int = 1000
+) -> ResNet:
+    if depth not in IMAGENET_DEPTHS:
+        raise ValueError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth!r}")
+    block, layers = IMAGENET_DEPTHS[depth]
+    return ResNet(block, layers, IMAGENET_WIDTHS, "imagenet", num_classes, _shortcut_for(arch, shortcut), stride_on)
+
+
+def _shortcut_for(arch: str, shortcut: str) -> str:
+    if arch not in ("plain", "resnet"):
+        raise ValueError(f"unknown arch {arch!r}: choose plain or resnet")
+    if shortcut not in SHORTCUTS[1:]:
+        raise ValueError(f"unknown shortcut {shortcut!r}: choose A, B or C")
+    return "none" if arch == "plain" else shortcut
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What identifies a net in run names, tables and figures."""
+
+    family: str  # cifar | imagenet
+    arch: str  # plain | resnet
+    depth: int
+    shortcut: str = "A"
+    stride_on: str = "v1"
+
+    @property
+    def name(self) -> str:
+        base = f"{self.arch}{self.depth}"
+        if self.arch == "plain":
+            return base
+        suffix = "" if self.stride_on == "v1" else "-v1.5"
+        return f"{base}-{self.shortcut}{suffix}"
+
+
+def spec_from_config(model_cfg) -> ModelSpec:
+    if model_cfg.family == "cifar":
+        n = int(model_cfg.n)
+        if n < 1:
+            raise ValueError(f"n must be a whole number >= 1 (depth 6n+2), got {n}")
+        depth = cifar_depth(n)
+    else:
+        depth = int(model_cfg.depth)
+        if depth not in IMAGENET_DEPTHS:
+            raise ValueError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth}")
+    _shortcut_for(model_cfg.arch, model_cfg.shortcut)
+    return ModelSpec(model_cfg.family, model_cfg.arch, depth, model_cfg.shortcut, model_cfg.get("stride_on", "v1"))
+
+
+def build_model(model_cfg, num_classes: int) -> ResNet:
+    if model_cfg.family == "cifar":
+        return cifar_resnet(int(model_cfg.n), model_cfg.arch, model_cfg.shortcut, num_classes)
+    if model_cfg.family == "imagenet":
+        return imagenet_resnet(
+            int(model_cfg.depth), model_cfg.arch, model_cfg.shortcut, model_cfg.get("stride_on", "v1"), num_classes
+        )
+    raise ValueError(f"unknown model family {model_cfg.family!r}: choose cifar or imagenet")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_multiply_adds(model: nn.Module, image_size: int) -> int:
+    """Multiply-adds of all conv and fc layers for one image, the paper's "FLOPs" (Table 1)."""
+    total = 0
+
+    def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += output.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total += module.in_features * module.out_features
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def capture_responses(model: ResNet) -> tuple[list[torch.Tensor], Callable[[], None]]:
+    """Hook every 3x3 layer's BN output (Fig. 7). Returns the list the hooks fill and a remover."""
+    outputs: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in model.response_layers()]
+    return outputs, lambda: [h.remove() for h in handles]

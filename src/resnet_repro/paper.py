@@ -1,0 +1,63 @@
+"""The paper's reference numbers (He et al. 2015, arXiv 1512.03385), in one place.
+
+Errors are in percent. Rows keyed by a ModelSpec name (e.g. "resnet34-B", "plain34") are ours to
+reproduce; rows keyed by another method's name are quoted from the paper for context.
+"""
+
+# Sec. 4.2: parameters of the CIFAR-10 nets (option A; plain twins have the same), by n (depth 6n+2).
+CIFAR_PARAMS = {3: 269_722, 5: 464_154, 7: 658_586, 9: 853_018, 18: 1_727_962, 200: 19_421_274}
+
+# Table 1: multiply-adds at 224x224, x10^9. Plain-34 has the same as ResNet-34.
+IMAGENET_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
+IMAGENET_BLOCKS = {18: "basic [2,2,2,2]", 34: "basic [3,4,6,3]", 50: "bottleneck [3,4,6,3]",
+                   101: "bottleneck [3,4,23,3]", 152: "bottleneck [3,8,36,3]"}
+
+# Table 2: ImageNet val top-1, 10-crop testing; ResNets use option A.
+TABLE2_TOP1 = {"plain18": 27.94, "plain34": 28.54, "resnet18-A": 27.88, "resnet34-A": 25.03}
+
+# Table 3: ImageNet val, 10-crop testing: (top-1, top-5); None where the paper gives none.
+TABLE3 = {
+    "plain34": (28.54, 10.02),
+    "resnet34-A": (25.03, 7.76),
+    "resnet34-B": (24.52, 7.46),
+    "resnet34-C": (24.19, 7.40),
+    "resnet50-B": (22.85, 6.71),
+    "resnet101-B": (21.75, 6.05),
+    "resnet152-B": (21.43, 5.71),
+}
+TABLE3_QUOTED = {"VGG-16": (28.07, 9.33), "GoogLeNet": (None, 9.15), "PReLU-net": (24.27, 7.38)}
+
+# Table 4: single models, multi-scale fully-convolutional testing, ImageNet val (top-1, top-5).
+# "VGG (ILSVRC'14)" top-5 is on the test set.
+TABLE4 = {
+    "resnet34-B": (21.84, 5.71),
+    "resnet34-C": (21.53, 5.60),
+    "resnet50-B": (20.74, 5.25),
+    "resnet101-B": (19.87, 4.60),
+    "resnet152-B": (19.38, 4.49),
+}
+TABLE4_QUOTED = {
+    "VGG (ILSVRC'14)": (None, 8.43),
+    "GoogLeNet (ILSVRC'14)": (None, 7.89),
+    "VGG (v5)": (24.4, 7.1),
+    "PReLU-net": (21.59, 5.71),
+    "BN-inception": (21.99, 5.81),
+}
+
+# Table 5: ensembles, top-5 on the ImageNet test server.
+TABLE5_TOP5 = {"ResNet (ILSVRC'15)": 3.57}
+TABLE5_QUOTED = {"VGG (ILSVRC'14)": 7.32, "GoogLeNet (ILSVRC'14)": 6.66, "VGG (v5)": 6.8,
+                 "PReLU-net": 4.94, "BN-inception": 4.82}
+
+# Table 6: CIFAR-10 test error with augmentation. ResNet-110 is "best (mean±std over 5 runs)".
+TABLE6 = {
+    "resnet20-A": 8.75,
+    "resnet32-A": 7.51,
+    "resnet44-A": 7.17,
+    "resnet56-A": 6.97,
+    "resnet110-A": 6.43,
+    "resnet1202-A": 7.93,
+}
+TABLE6_MEAN_STD = {"resnet110-A": (6.61, 0.16)}
+TABLE6_QUOTED = {"Maxout": 9.38, "NIN": 8.81, "DSN": 8.22, "FitNet (19 layers, 2.5M)": 8.39,
+                 "Highway (19 layers, 2.3M)": 7.54, "Highway (32 layers, 1.25M)": 8.80}

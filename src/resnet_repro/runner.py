@@ -1,0 +1,47 @@
+"""Run every run of an expanded experiment that is not finished yet, sharing the data between runs."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import expand_runs, runs_root
+from .data import build_data
+from .results import RunDir
+from .train import StopFlag, fit, setup_engine
+
+
+def run_experiment(
+    cfg: DictConfig,
+    restart: bool = False,
+    on_run: Callable[[DictConfig, RunDir, str], None] | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train each run of `cfg` (skipping finished ones) and return their summaries.
+    `on_run(run_cfg, run_dir, status)` is told "skip", "resume" or "start" before each."""
+    runs = expand_runs(cfg)
+    root = runs_root(cfg)
+    engine = setup_engine(cfg)
+    data_by_config: dict[str, object] = {}
+    summaries = []
+    with StopFlag().installed() as stop:
+        for run_cfg in runs:
+            run = RunDir.for_run(root, run_cfg)
+            if run.finished:  # finished results are never overwritten
+                if on_run:
+                    on_run(run_cfg, run, "skip")
+                summaries.append(run.summary())
+                continue
+            if restart and run.path.exists():
+                shutil.rmtree(run.path)
+            if on_run:
+                on_run(run_cfg, run, "resume" if run.checkpoint.exists() else "start")
+            key = OmegaConf.to_yaml(run_cfg.data) + f"{run_cfg.train.batch_size}/{run_cfg.train.eval_batch_size}"
+            if key not in data_by_config:
+                data_by_config[key] = build_data(run_cfg, engine, int(run_cfg.seed))
+            data = data_by_config[key]
+            data.train.seed = int(run_cfg.seed)
+            summaries.append(fit(run_cfg, run, data, engine, on_row, stop))
+    return summaries

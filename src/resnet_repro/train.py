@@ -1,0 +1,333 @@
+"""One training loop for every experiment: SGD, step schedule with warm-up (Sec. 3.4, 4.2),
+metrics rows, atomic checkpoints and exact resume, SIGINT/SIGTERM, DDP under torchrun.
+
+`fit` reads as a straight line; per-step work is in `train_step`, evaluation in `evaluate`.
+Nothing here prints: progress goes to the `on_row` callback the CLI passes in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import TrainingDiverged, UserError
+from .models import build_model, capture_responses, count_parameters
+from .results import RunDir, device_name, git_commit, now
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM: the checkpoint is saved; the same command resumes."""
+
+
+@dataclass
+class Engine:
+    device: torch.device
+    amp: bool  # bf16 autocast
+    channels_last: bool
+    compile: bool
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+
+def _auto(value, default: bool) -> bool:
+    return default if value == "auto" else bool(value)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is visible; use device=cpu or device=auto")
+    return device
+
+
+def setup_engine(cfg: DictConfig) -> Engine:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = select_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    t = cfg.train
+    if device.type == "cpu" and t.threads != "auto":
+        torch.set_num_threads(int(t.threads))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return Engine(
+        device=device,
+        amp=_auto(t.amp, device.type in ("cuda", "cpu")),
+        channels_last=_auto(t.channels_last, True),
+        compile=_auto(t.compile, device.type == "cuda"),
+        rank=rank,
+        world=world,
+    )
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop saves a checkpoint at the next step boundary and stops."""
+
+    def __init__(self):
+        self.requested = False
+
+    def set(self, *_):
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self.set) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def lr_at(iteration: int, train_cfg: DictConfig, warming_up: bool) -> float:
+    if warming_up:
+        return float(train_cfg.warmup.lr)
+    return float(train_cfg.lr) * 0.1 ** sum(iteration >= m for m in train_cfg.milestones)
+
+
+def uses_warmup(train_cfg: DictConfig, depth: int) -> bool:
+    warmup = train_cfg.get("warmup")
+    return bool(warmup) and warmup.min_depth is not None and depth >= int(warmup.min_depth)
+
+
+def build_optimizer(model: nn.Module, train_cfg: DictConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=float(train_cfg.lr), momentum=float(train_cfg.momentum),
+                           weight_decay=float(train_cfg.weight_decay))
+
+
+def train_step(model, optimizer, x, y, engine: Engine) -> torch.Tensor:
+    """One SGD step. Returns (loss sum, wrong, count) on the device: no host sync here."""
+    with engine.autocast():
+        logits = model(engine.prepare(x))
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    n = y.new_tensor(len(y), dtype=torch.float32)
+    wrong = (logits.argmax(1) != y).sum().float()
+    return torch.stack([loss.detach() * n, wrong, n])
+
+
+def _scores(model, views, engine: Engine) -> torch.Tensor:
+    """Softmax scores averaged over test-time views: a batch tensor, or a list of them (crops, scales)."""
+    views = views if isinstance(views, (list, tuple)) else [views]
+    with engine.autocast():
+        return sum(F.softmax(model(engine.prepare(v)).float(), 1) for v in views) / len(views)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, engine: Engine) -> tuple[float, float]:
+    """Top-1 and top-5 error (%) of `model` in eval mode over the loader, summed over DDP ranks."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(3, device=engine.device)
+    for views, y in loader:
+        top5 = _scores(model, views, engine).topk(min(5, model.fc.out_features), 1).indices
+        counts += torch.stack([(top5[:, 0] != y).sum(), (top5 != y[:, None]).all(1).sum(), y.new_tensor(len(y))])
+    model.train(was_training)
+    if engine.world > 1:
+        dist.all_reduce(counts)
+    wrong1, wrong5, n = counts.tolist()
+    return 100 * wrong1 / n, 100 * wrong5 / n
+
+
+@torch.no_grad()
+def measure_responses(model: nn.Module, loader, engine: Engine) -> list[float]:
+    """Std of each 3x3 layer's response (BN output, before ReLU/addition) over the test set (Fig. 7)."""
+    was_training = model.training
+    model.eval()
+    outputs, remove = capture_responses(model)
+    sums = None
+    try:
+        for views, _ in loader:
+            outputs.clear()
+            with engine.autocast():
+                model(engine.prepare(views))
+            moments = torch.tensor([[o.numel(), o.double().sum(), o.double().pow(2).sum()] for o in outputs],
+                                   dtype=torch.float64)
+            sums = moments if sums is None else sums + moments
+    finally:
+        remove()
+        model.train(was_training)
+    n, s, ss = sums.unbind(1)
+    return (ss / n - (s / n) ** 2).clamp_min(0).sqrt().tolist()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def _check_finite(loss_sum: float, run: RunDir, iteration: int, summary: dict) -> None:
+    if not math.isfinite(loss_sum):
+        summary.update(status="failed", failure=f"non-finite loss by iteration {iteration}")
+        run.write_summary(summary)
+        raise TrainingDiverged(f"loss became non-finite by iteration {iteration}; the last good checkpoint is kept "
+                               f"in {run.path} (try a lower train.lr, or amp=false)")
+
+
+def fit(cfg: DictConfig, run: RunDir, data, engine: Engine, on_row: Callable[[dict], None] | None = None,
+        stop: StopFlag | None = None) -> dict:
+    """Train the run described by `cfg` to `train.iterations`, resuming from its checkpoint if any."""
+    t = cfg.train
+    stop = stop or StopFlag()
+    torch.manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, data.num_classes).to(engine.device)
+    if engine.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, t)
+    warmup = uses_warmup(t, int(cfg.run.depth))
+    state = run.load_checkpoint()
+    if state is not None:
+        if state.get("run_id") != cfg.run.id or state.get("iterations") != int(t.iterations):
+            raise UserError(f"checkpoint {run.checkpoint} belongs to another run or schedule; "
+                            f"re-run with --restart to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+    else:
+        state = {"iteration": 0, "rows": [], "window": [0.0, 0.0, 0.0], "warmup_done": not warmup, "wall_s": 0.0,
+                 "started": now()}
+    summary = _summary(cfg, run, data, engine, model, state)
+    step_model = model
+    if engine.world > 1:
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[engine.device.index]
+                                                         if engine.device.type == "cuda" else None)
+    if engine.compile:
+        step_model = torch.compile(step_model)
+
+    it, rows, warmup_done = state["iteration"], state["rows"], state["warmup_done"]
+    window = torch.tensor(state["window"], device=engine.device)
+    warm_window = torch.zeros(3, device=engine.device)
+    session_start, window_start, wall_before = time.perf_counter(), time.perf_counter(), state["wall_s"]
+    window_images = 0.0
+
+    def checkpoint():
+        _check_finite(window[0].item(), run, it, summary)  # never save a diverged state over a good one
+        if not engine.is_main:
+            return
+        run.save_checkpoint({
+            "run_id": cfg.run.id, "iterations": int(t.iterations), "iteration": it, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "rows": rows,
+            "window": window.tolist(), "warmup_done": warmup_done, "started": state["started"],
+            "wall_s": wall_before + time.perf_counter() - session_start,
+        })
+
+    if engine.is_main:
+        run.write_config(cfg)
+        run.write_metrics(rows)
+        run.write_summary(summary)
+    batches_per_epoch = len(data.train)
+    while it < t.iterations:
+        epoch, first = divmod(it, batches_per_epoch)
+        for x, y in data.train.epoch(epoch, first):
+            lr = lr_at(it, t, warming_up=not warmup_done)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step = train_step(step_model, optimizer, x, y, engine)
+            window += step
+            it += 1
+            window_images += float(len(y) * engine.world)
+            if not warmup_done:  # leave warm-up once training error < 80% (checked every 10 steps)
+                warm_window += step
+                if it % 10 == 0:
+                    if engine.world > 1:
+                        dist.all_reduce(warm_window)
+                    _, wrong, n = warm_window.tolist()
+                    warmup_done = 100 * wrong / n < float(t.warmup.until_train_error)
+                    warm_window.zero_()
+            last = it == t.iterations
+            if it % t.log_every == 0 or last:
+                if engine.world > 1:
+                    dist.all_reduce(window)
+                loss_sum, wrong, n = window.tolist()
+                _check_finite(loss_sum, run, it, summary)
+                elapsed = time.perf_counter() - window_start
+                row = {"iteration": it, "epoch": round(it / batches_per_epoch, 3), "lr": lr,
+                       "train_loss": loss_sum / n, "train_error": 100 * wrong / n,
+                       "images_per_s": window_images / elapsed,
+                       "wall_s": wall_before + time.perf_counter() - session_start}
+                if it % t.eval_every == 0 or last:
+                    row["test_error"], row["test_top5_error"] = evaluate(model, data.test, engine)
+                    if data.num_classes <= 10 and data.name.startswith("cifar"):
+                        row["test_top5_error"] = None  # not reported on CIFAR
+                rows.append(row)
+                window.zero_()
+                window_images, window_start = 0.0, time.perf_counter()
+                if engine.is_main:
+                    run.write_metrics(rows)
+                if on_row:
+                    on_row(row)
+            if it % t.checkpoint_every == 0 or last or stop.requested:
+                checkpoint()
+            if stop.requested:
+                summary.update(status="interrupted", iterations_done=it)
+                if engine.is_main:
+                    run.write_summary(summary)
+                raise Interrupted(f"interrupted at iteration {it}/{t.iterations}; checkpoint saved in {run.path}; "
+                                  f"run the same command again to resume")
+            if last:
+                break
+
+    if engine.is_main and t.responses:
+        run.write_responses(measure_responses(model, data.test, engine))
+    final = rows[-1]
+    summary.update(
+        status="finished", iterations_done=it, finished=now(),
+        final_test_error=final.get("test_error"), final_test_top5_error=final.get("test_top5_error"),
+        final_train_error=final["train_error"],
+        best_test_error=min(r["test_error"] for r in rows if r.get("test_error") is not None),
+        wall_s=wall_before + time.perf_counter() - session_start,
+    )
+    if engine.is_main:
+        run.write_summary(summary)
+    return summary
+
+
+def _summary(cfg: DictConfig, run: RunDir, data, engine: Engine, model: nn.Module, state: dict) -> dict:
+    m = cfg.model
+    return {
+        "run_id": cfg.run.id, "experiment": cfg.experiment.name, "status": "running",
+        "profile": cfg.profile.name, "profile_label": cfg.profile.label,
+        "full_schedule": bool(cfg.profile.full_schedule) and not cfg.run.variant,
+        "dataset": data.name, "test_split": data.test_split, "train_images": data.train_size,
+        "model": {"family": m.family, "arch": m.arch, "depth": int(cfg.run.depth),
+                  "shortcut": "none" if m.arch == "plain" else m.shortcut, "stride_on": m.get("stride_on", "v1"),
+                  "name": cfg.run.model_name},
+        "params": count_parameters(model), "seed": int(cfg.seed), "iterations": int(cfg.train.iterations),
+        "iterations_done": state["iteration"], "batch_size": int(cfg.train.batch_size),
+        "eval_protocol": cfg.data.get("eval_protocol", "single"), "amp": engine.amp,
+        "wall_s": state["wall_s"], "device": device_name(engine.device), "world_size": engine.world,
+        "git_commit": git_commit(), "torch": torch.__version__, "started": state["started"], "finished": None,
+        "overrides": list(cfg.experiment.get("overrides", [])), "variant": cfg.run.variant,
+    }
