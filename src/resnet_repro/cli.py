@@ -23,8 +23,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Re-run He et al. 2015, 'Deep Residual Learning for Image Recognition'.")
 models_app = typer.Typer(no_args_is_help=True, help="Layers, parameters and multiply-adds of built models.")
 app.add_typer(models_app, name="models")
-console = Console()
-err_console = Console(stderr=True)
+analyze_app = typer.Typer(no_args_is_help=True, help="Analyses of trained runs.")
+app.add_typer(analyze_app, name="analyze")
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder with the data (else $RESNET_REPRO_DATA).")]
 ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Tables and figures go here.")]
@@ -116,16 +118,19 @@ def _train_and_report(cfg, restart: bool) -> None:
 
 
 def _report(cfg, names: list[str]) -> None:
-    from . import plots, report
-
     runs_dir, results_dir = config_mod.runs_root(cfg), Path(cfg.results_dir)
     tables = [n for n in names if n.startswith("table")]
     figures = [n for n in names if n.startswith("fig")]
     if tables:
+        from . import report
+
         for path in report.write_tables(runs_dir, results_dir, tables=tables):
             console.print(f"wrote {path}", highlight=False)
-    for name in figures:
-        _print_figure(plots.plot_figure(name, runs_dir, results_dir))
+    if figures:
+        from . import plots
+
+        for name in figures:
+            _print_figure(plots.plot_figure(name, runs_dir, results_dir))
 
 
 def _print_figure(result) -> None:
@@ -217,6 +222,20 @@ def report(
     runs = runs_dir or results_dir.resolve().parent / "experiments"
     for path in [*report_mod.write_tables(runs, results_dir), report_mod.write_readme(runs, results_dir)]:
         console.print(f"wrote {path}", highlight=False)
+
+
+@analyze_app.command("responses")
+@friendly_errors
+def analyze_responses(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories with a checkpoint.pt.")],
+    data_dir: DataDir = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+):
+    """Fig. 7: std of each 3x3 layer's response on the test set, into RUN/responses.csv."""
+    from . import runner
+
+    for run_path in runs:
+        console.print(f"wrote {runner.analyze_responses(run_path, device, data_dir)}", highlight=False)
 
 
 def _models_table(title: str, specs: list[tuple[ModelSpec, object]], image_size: int) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .config import expand_runs, runs_root
 from .data import build_data
+from .errors import UserError
+from .models import build_model
 from .results import RunDir
-from .train import StopFlag, fit, setup_engine
+from .train import StopFlag, fit, measure_responses, setup_engine
 
 
 def run_experiment(
@@ -45,3 +48,23 @@ def run_experiment(
             data.train.seed = int(run_cfg.seed)
             summaries.append(fit(run_cfg, run, data, engine, on_row, stop))
     return summaries
+
+
+def analyze_responses(run_path: Path, device: str = "auto", data_dir: Path | None = None) -> Path:
+    """Fig. 7 for a finished or checkpointed run: std of each 3x3 layer's response on its test set."""
+    run = RunDir(run_path)
+    if not run.config.exists():
+        raise UserError(f"{run_path} is not a run directory (no config.yaml)")
+    state = run.load_checkpoint()
+    if state is None:
+        raise UserError(f"{run_path} has no checkpoint.pt to analyse; re-run its experiment to produce one")
+    cfg = OmegaConf.load(run.config)
+    cfg.device = device
+    if data_dir is not None:
+        cfg.data.root = str(data_dir)
+    engine = setup_engine(cfg)
+    data = build_data(cfg, engine, int(cfg.seed))
+    model = build_model(cfg.model, data.num_classes).to(engine.device)
+    model.load_state_dict(state["model"])
+    run.write_responses(measure_responses(model, data.test, engine))
+    return run.responses

@@ -1,0 +1,27 @@
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_fake_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 20, seed: int = 0) -> Path:
+    """A valid cifar-10-batches-py folder with random pixels: not the real bytes, so no md5 could match."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name, n in [*((f"data_batch_{i}", n_train_per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "labels": [int(v) for v in rng.integers(0, 10, n)], "batch_label": name}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return folder
+
+
+@pytest.fixture
+def fake_cifar(tmp_path) -> Path:
+    """Parent folder holding a generated cifar-10-batches-py/ (100 train, 20 test images)."""
+    write_fake_cifar(tmp_path / "data")
+    return tmp_path / "data"

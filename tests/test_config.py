@@ -1,0 +1,80 @@
+import pytest
+from omegaconf import OmegaConf
+
+from resnet_repro.config import compose_experiment, config_dir, expand_runs, list_group, runs_root, variant_of
+from resnet_repro.errors import UserError
+
+
+@pytest.mark.parametrize("experiment", sorted(list_group("experiment")))
+def test_every_experiment_composes_and_expands(experiment):
+    cfg = compose_experiment(experiment, ["profile=smoke"])
+    runs = expand_runs(cfg)
+    assert cfg.experiment.name == experiment
+    for run in runs:
+        assert run.run.id and run.profile.name == "smoke"
+        OmegaConf.to_yaml(run, resolve=True)  # every interpolation resolves
+
+
+def test_paper_recipe_is_the_default():
+    cfg = compose_experiment("table6", [])
+    t = cfg.train
+    assert (t.iterations, t.lr, list(t.milestones), t.momentum, t.weight_decay, t.batch_size) == (
+        64000, 0.1, [32000, 48000], 0.9, 0.0001, 128)
+    assert (t.warmup.lr, t.warmup.until_train_error, t.warmup.min_depth) == (0.01, 80.0, 110)
+    assert cfg.profile.full_schedule and cfg.model.shortcut == "A" and not cfg.data.sample
+
+
+def test_table6_expands_depths_and_seeds():
+    runs = expand_runs(compose_experiment("table6", ["seeds=2"]))
+    assert [r.run.id for r in runs][:3] == ["resnet20-A-seed0", "resnet20-A-seed1", "resnet32-A-seed0"]
+    assert sorted({r.run.depth for r in runs}) == [20, 32, 44, 56, 110]
+
+
+def test_user_model_overrides_win_and_duplicates_collapse():
+    runs = expand_runs(compose_experiment("table6", ["model.shortcut=B"]))
+    assert {r.model.shortcut for r in runs} == {"B"}
+    runs = expand_runs(compose_experiment("fig1", ["model.n=5"]))
+    assert [r.run.id for r in runs] == ["plain32-seed0"]
+
+
+def test_variants_name_overrides_that_change_results():
+    assert variant_of(["profile=smoke", "seed=3", "data.root=/x", "model.n=5"]) == ""
+    tag = variant_of(["train.lr=0.05"])
+    assert tag and tag == variant_of(["+train.lr=0.05"]) and tag != variant_of(["train.lr=0.02"])
+    runs = expand_runs(compose_experiment("custom", ["train.lr=0.05"]))
+    assert runs[0].run.id == f"resnet20-A-seed0-{tag}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.nope=1"], "bad override"),
+    (["model.shortcut"], "malformed override"),
+    (["profile=nonexistent"], "bad override"),
+])
+def test_bad_overrides_are_user_errors(overrides, message):
+    with pytest.raises(UserError, match=message):
+        compose_experiment("table6", overrides)
+
+
+def test_bad_model_values_are_user_errors():
+    for override in ("model.n=0", "model.n=x", "model.shortcut=D", "model.arch=wide"):
+        with pytest.raises(UserError):
+            expand_runs(compose_experiment("custom", [override]))
+
+
+def test_unknown_experiment_lists_known_ones():
+    with pytest.raises(UserError, match="table6"):
+        compose_experiment("table99", [])
+
+
+def test_config_dir_from_environment(tmp_path, monkeypatch):
+    (tmp_path / "config.yaml").write_text("defaults: []\n")
+    monkeypatch.setenv("RESNET_REPRO_CONFIG_DIR", str(tmp_path))
+    assert config_dir() == tmp_path.resolve()
+    assert config_dir("/nonexistent/or/not") == tmp_path.resolve()
+
+
+def test_runs_go_beside_results_unless_given(tmp_path):
+    cfg = compose_experiment("custom", [f"results_dir={tmp_path}/results"])
+    assert runs_root(cfg) == tmp_path / "experiments"
+    cfg = compose_experiment("custom", [f"runs_dir={tmp_path}/elsewhere"])
+    assert runs_root(cfg) == tmp_path / "elsewhere"
