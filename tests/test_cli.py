@@ -33,7 +33,7 @@ def test_run_table6_smoke_writes_runs_and_table(dirs):
     result = invoke("run", "table6", "profile=smoke", "--results-dir", results)
     assert result.exit_code == 0, result.output
     for depth in (20, 32, 44, 56, 110):
-        run = runs / "smoke" / f"resnet{depth}-A-seed0"
+        run = runs / "smoke" / f"resnet{depth}-A-seed0-sample"
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["dataset"] == "cifar10_sample"
         assert summary["profile"] == "smoke" and not summary["full_schedule"]
@@ -45,18 +45,17 @@ def test_run_table6_smoke_writes_runs_and_table(dirs):
     assert (results / "table6.md").exists()
 
     # re-requesting finished runs skips them and leaves their files alone
-    before = (runs / "smoke" / "resnet20-A-seed0" / "metrics.csv").read_text()
+    before = (runs / "smoke" / "resnet20-A-seed0-sample" / "metrics.csv").read_text()
     again = invoke("run", "table6", "profile=smoke", "--results-dir", results)
     assert again.exit_code == 0 and again.output.count("skipped") == 5
-    assert (runs / "smoke" / "resnet20-A-seed0" / "metrics.csv").read_text() == before
+    assert (runs / "smoke" / "resnet20-A-seed0-sample" / "metrics.csv").read_text() == before
 
 
 def test_run_on_a_generated_cifar_folder(fake_cifar, dirs):
     results, runs = dirs
-    result = invoke("run", "custom", "profile=smoke", "data.sample=false", "model.n=1", "--data-dir", fake_cifar,
-                    "--results-dir", results)
+    result = invoke("run", "custom", "profile=smoke", "model.n=1", "--data-dir", fake_cifar, "--results-dir", results)
     assert result.exit_code == 0, result.output
-    run_dir = next((runs / "smoke").iterdir())
+    run_dir = runs / "smoke" / "resnet8-A-seed0"  # smoke uses the given folder, not the sample
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["dataset"] == "cifar10" and summary["train_images"] == 100
 
@@ -67,7 +66,7 @@ def test_sweep_makes_one_run_per_arch_and_depth(dirs):
                     "train.responses=false", "--results-dir", results)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (runs / "smoke").iterdir()) == [
-        "plain14-seed0", "plain8-seed0", "resnet14-A-seed0", "resnet8-A-seed0"]
+        "plain14-seed0-sample", "plain8-seed0-sample", "resnet14-A-seed0-sample", "resnet8-A-seed0-sample"]
 
 
 def test_list_and_models():
@@ -99,7 +98,7 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch):
 
 def test_corrupt_checkpoint_is_one_line_and_names_the_file(dirs):
     results, runs = dirs
-    run_dir = runs / "smoke" / "resnet8-A-seed0"
+    run_dir = runs / "smoke" / "resnet8-A-seed0-sample"
     run_dir.mkdir(parents=True)
     (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
     result = invoke("run", "custom", "profile=smoke", "model.n=1", "--results-dir", results)

@@ -41,6 +41,7 @@ def test_variants_name_overrides_that_change_results():
     assert variant_of(["profile=smoke", "seed=3", "data.root=/x", "model.n=5"]) == ""
     tag = variant_of(["train.lr=0.05"])
     assert tag and tag == variant_of(["+train.lr=0.05"]) and tag != variant_of(["train.lr=0.02"])
+    assert variant_of(["train.amp=true"]) == variant_of(["train.amp=True"])  # typed vs Hydra's multirun
     runs = expand_runs(compose_experiment("custom", ["train.lr=0.05"]))
     assert runs[0].run.id == f"resnet20-A-seed0-{tag}"
 

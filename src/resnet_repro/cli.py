@@ -40,6 +40,17 @@ class Arch(str, Enum):
     resnet = "resnet"
 
 
+class Protocol(str, Enum):
+    center = "center"  # shorter side 256, center 224 crop
+    ten_crop = "10crop"  # 4 corners + center and their flips (Tables 2, 3)
+    multiscale = "multiscale"  # whole image at shorter sides 224..640 and flips (Table 4)
+
+
+class Stride(str, Enum):
+    v1 = "v1"
+    v1_5 = "v1.5"
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """User errors become one line on stderr and a non-zero exit, never a traceback."""
 
@@ -86,6 +97,11 @@ def _path_overrides(data_dir, results_dir, runs_dir) -> list[str]:
 
 def _train_and_report(cfg, restart: bool) -> None:
     from . import runner
+    from .train import is_main_process
+
+    if not is_main_process():  # under torchrun only rank 0 prints and writes tables
+        runner.run_experiment(cfg, restart=restart)
+        return
 
     interactive = console.is_terminal
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -114,6 +130,10 @@ def _train_and_report(cfg, restart: bool) -> None:
     for s in summaries:
         console.print(f"{s['run_id']}: test error {s['final_test_error']:.2f}% after {s['iterations_done']} "
                       f"iterations ({s['profile_label']}, {s['wall_s']:.0f} s)", highlight=False)
+    if cfg.experiment.get("ensemble"):  # Table 5: averaged scores of the runs just trained
+        from . import imagenet
+
+        console.print(f"wrote {imagenet.run_ensemble(cfg)}", highlight=False)
     _report(cfg, list(cfg.experiment.reports))
 
 
@@ -135,7 +155,9 @@ def _report(cfg, names: list[str]) -> None:
 
 def _print_figure(result) -> None:
     for path in result.paths:
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}" + (" (partial)" if result.partial else ""), highlight=False)
+    for line in result.notes:
+        console.print(f"note: {line}", highlight=False)
     for line in result.missing:
         console.print(f"[yellow]missing:[/yellow] {line}", highlight=False)
 
@@ -180,6 +202,28 @@ def sweep(
         "sweep_cifar", [*(overrides or []), *_path_overrides(data_dir, results_dir, runs_dir)], config_dir)
     cfg.experiment.runs = config_mod.sweep_entries(archs, ns)
     _train_and_report(cfg, restart)
+
+
+@app.command()
+@friendly_errors
+def bench(
+    n: Annotated[int, typer.Option("--n", help="CIFAR net of depth 6n+2 (3: ResNet-20).")] = 3,
+    arch: Annotated[Arch, typer.Option("--arch", help="resnet or plain.")] = Arch.resnet,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Mini-batch (the paper's 128).")] = 128,
+    steps: Annotated[int | None, typer.Option("--steps", help="Timed steps per pipeline (default 20 on CPU, 300 on GPU).")] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed steps first, compilation included (default 3 CPU, 30 GPU).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers of the reference (default min(4, cores)).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    overrides: Overrides = None,
+    data_dir: DataDir = None,
+    results_dir: ResultsDir = Path("results"),
+):
+    """Images/s of our training step against the usual PIL + DataLoader pipeline; a row in RESULTS/bench.csv."""
+    from .bench import run_bench
+
+    run_bench(arch.value, n, batch_size, data_dir, steps, warmup, workers=workers, device=device,
+              results_dir=results_dir, overrides=list(overrides or []),
+              log=lambda line: console.print(line, highlight=False))
 
 
 @app.command("list")
@@ -270,6 +314,53 @@ def models_cifar(
             cfg = OmegaConf.create({"family": "cifar", "arch": a, "n": value, "shortcut": shortcut})
             specs.append((ModelSpec("cifar", a, cifar_depth(value), shortcut), cfg))
     _models_table("CIFAR-10 nets (Sec. 4.2)", specs, 32)
+
+
+@models_app.command("imagenet")
+@friendly_errors
+def models_imagenet(
+    depth: Annotated[str, typer.Option("--depth", help="Comma-separated, from 18, 34, 50, 101, 152.")] = "18,34,50,101,152",
+    arch: Annotated[str, typer.Option("--arch", help="plain, resnet or plain,resnet.")] = "resnet",
+    shortcut: Annotated[str, typer.Option("--shortcut", help="A, B or C.")] = "B",
+    stride: Annotated[Stride, typer.Option("--stride", help="v1: a down-sampling bottleneck strides its first 1x1 "
+                                           "(the paper's); v1.5: its 3x3 (torchvision's).")] = Stride.v1,
+):
+    """ImageNet nets (Table 1): layers, parameters, multiply-adds per 224x224 image."""
+    from omegaconf import OmegaConf
+
+    from .models import IMAGENET_DEPTHS
+
+    if shortcut not in ("A", "B", "C"):
+        raise UserError(f"--shortcut takes A, B or C (got {shortcut!r})")
+    specs = []
+    for a in parse_archs(arch):
+        for d in parse_ints(depth, "--depth"):
+            if d not in IMAGENET_DEPTHS:
+                raise UserError(f"--depth takes {', '.join(map(str, IMAGENET_DEPTHS))} (got {d})")
+            cfg = OmegaConf.create({"family": "imagenet", "arch": a, "depth": d, "shortcut": shortcut,
+                                    "stride_on": stride.value})
+            specs.append((ModelSpec("imagenet", a, d, shortcut, stride.value), cfg))
+    _models_table("ImageNet nets (Table 1)", specs, 224)
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(
+    checkpoints: Annotated[list[Path], typer.Argument(
+        help="Run directories, their checkpoint.pt, or torchvision ResNet .pth state_dicts; several are "
+             "scored as one ensemble (averaged softmax scores, Table 5).")],
+    protocol: Annotated[Protocol, typer.Option("--protocol", help="center, 10crop or multiscale.")] = Protocol.ten_crop,
+    data_dir: DataDir = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch (fewer for multiscale).")] = 100,
+    workers: Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: data.workers).")] = None,
+):
+    """Top-1 and top-5 error of ImageNet-style checkpoints on the val/ split of --data-dir."""
+    from . import imagenet
+
+    r = imagenet.ensemble_eval(checkpoints, protocol.value, data_dir, device, batch_size, workers)
+    console.print(f"{' + '.join(r['members'])}: top-1 error {r['top1_error']:.2f}%, top-5 error "
+                  f"{r['top5_error']:.2f}% ({r['protocol']}, {r['images']:,} val images)", highlight=False)
 
 
 def main() -> None:

@@ -8,15 +8,18 @@ the overrides, our own code owns run directories, and we expand the static grid
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from .data import data_root
 from .errors import UserError
 from .models import ModelSpec, spec_from_config
 
@@ -28,7 +31,7 @@ _NEUTRAL_KEYS = {
     "profile", "seed", "seeds", "device", "results_dir", "runs_dir", "experiment",
     "data.root", "data.download", "model.arch", "model.n", "model.depth", "model.shortcut", "model.stride_on",
     "train.threads", "train.compile", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.eval_batch_size", "train.channels_last", "train.responses",
+    "train.eval_batch_size", "train.channels_last", "train.responses", "data.workers",
 }
 
 
@@ -78,13 +81,27 @@ def _key(override: str) -> str:
 
 
 def variant_of(overrides: list[str]) -> str:
-    """A short stable tag for overrides that change what a run computes ("" for none)."""
-    changing = sorted(o.lstrip("+") for o in overrides if _key(o) not in _NEUTRAL_KEYS)
+    """A short stable tag for overrides that change what a run computes ("" for none). Values are
+    parsed first, so `x=true` (typed) and `x=True` (as Hydra's multirun passes it back) agree."""
+    changing = sorted(
+        f"{o.key_or_group}={json.dumps(o.value(), sort_keys=True, default=str)}"
+        for o in OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
+        if o.key_or_group not in _NEUTRAL_KEYS
+    )
     return hashlib.sha1("\n".join(changing).encode()).hexdigest()[:6] if changing else ""
 
 
-def run_id(spec: ModelSpec, seed: int, variant: str) -> str:
-    return f"{spec.name}-seed{seed}" + (f"-{variant}" if variant else "")
+def run_id(spec: ModelSpec, seed: int, variant: str, on_sample: bool = False) -> str:
+    return f"{spec.name}-seed{seed}" + ("-sample" if on_sample else "") + (f"-{variant}" if variant else "")
+
+
+def resolve_sample(cfg: DictConfig) -> bool:
+    """`data.sample: auto` (the smoke profile) uses the given data folder if there is one, else the
+    bundled sample; full-data profiles say false and never fall back."""
+    if cfg.data.sample == "auto":
+        # ImageNet has no bundled sample: there it means a tiny subset of the given folder
+        return data_root(cfg.data.root) is None if cfg.data.family == "cifar" else True
+    return bool(cfg.data.sample)
 
 
 def expand_runs(cfg: DictConfig) -> list[DictConfig]:
@@ -103,9 +120,13 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
             except (OmegaConfBaseException, ValueError, TypeError) as e:
                 raise UserError(f"bad model settings {dict(entry)}: {e}")
             run.seed = seed
+            run.data.sample = resolve_sample(cfg)
+            # a run on the sample is kept apart from the same run on the full data, except in the
+            # profile that exists for the sample
+            on_sample = run.data.sample and cfg.profile.name != "sample"
             with open_dict(run):
-                run.run = {"id": run_id(spec, seed, variant), "variant": variant, "model_name": spec.name,
-                           "depth": spec.depth}
+                run.run = {"id": run_id(spec, seed, variant, on_sample), "variant": variant,
+                           "model_name": spec.name, "depth": spec.depth}
             if run.run.id not in seen:
                 seen.add(run.run.id)
                 runs.append(run)

@@ -189,6 +189,34 @@ def imagenet_resnet(
     return ResNet(block, layers, IMAGENET_WIDTHS, "imagenet", num_classes, _shortcut_for(arch, shortcut), stride_on)
 
 
+def _torchvision_key(key: str) -> str:
+    """torchvision's `layerK.i.{conv,bn}N` / `downsample.{0,1}` -> our `stages.(K-1).i...` / `shortcut.{0,1}`."""
+    if key.startswith("layer"):
+        stage, rest = key[len("layer"):].split(".", 1)
+        key = f"stages.{int(stage) - 1}.{rest}"
+    return key.replace(".downsample.", ".shortcut.")
+
+
+def imagenet_depth_of_torchvision(state_dict: dict) -> int:
+    """The depth of a torchvision resnet18..152 state_dict, from its blocks per stage and block type."""
+    counts = [len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
+    bottleneck = any(".conv3." in k for k in state_dict)
+    for depth, (block, layers) in IMAGENET_DEPTHS.items():
+        if layers == counts and (block is Bottleneck) == bottleneck:
+            return depth
+    raise ValueError(f"not a torchvision ResNet state_dict (blocks per stage {counts})")
+
+
+def from_torchvision(state_dict: dict) -> ResNet:
+    """Our option-B net with the stride on the 3x3 ("v1.5") carrying a torchvision resnet18..152
+    state_dict (e.g. a local `resnet50-*.pth`): the same layers under other names."""
+    depth = imagenet_depth_of_torchvision(state_dict)
+    num_classes = state_dict["fc.weight"].shape[0]
+    model = imagenet_resnet(depth, "resnet", "B", "v1.5", num_classes)
+    model.load_state_dict({_torchvision_key(k): v for k, v in state_dict.items()})
+    return model
+
+
 def _shortcut_for(arch: str, shortcut: str) -> str:
     if arch not in ("plain", "resnet"):
         raise ValueError(f"unknown arch {arch!r}: choose plain or resnet")

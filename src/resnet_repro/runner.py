@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import expand_runs, runs_root
@@ -37,8 +38,11 @@ def run_experiment(
                     on_run(run_cfg, run, "skip")
                 summaries.append(run.summary())
                 continue
-            if restart and run.path.exists():
-                shutil.rmtree(run.path)
+            if restart:
+                if engine.is_main and run.path.exists():
+                    shutil.rmtree(run.path)
+                if engine.world > 1:
+                    torch.distributed.barrier()  # no rank reads the old checkpoint after rank 0 removed it
             if on_run:
                 on_run(run_cfg, run, "resume" if run.checkpoint.exists() else "start")
             key = OmegaConf.to_yaml(run_cfg.data) + f"{run_cfg.train.batch_size}/{run_cfg.train.eval_batch_size}"

@@ -1,0 +1,220 @@
+"""Time our training step against the pipeline most CIFAR ResNet reimplementations use.
+
+The reference is built the way popular reimplementations build it: a torchvision-style `Dataset`
+handing out one PIL image at a time, `RandomCrop(32, padding=4)` + `RandomHorizontalFlip` +
+`ToTensor` + `Normalize`, a `DataLoader` with worker processes, an eager fp32 model, plain SGD and
+`loss.item()` every step. Ours is what `fit` runs: the whole set as one tensor on the device,
+batched crop/flip, `train_step` with the engine defaults (bf16 autocast, channels_last, fused SGD,
+torch.compile on CUDA). Both train the same model on the same images in the same process; warm-up
+steps (and compilation) are excluded, and the two are timed in alternating rounds so a machine
+shared with other work slows both alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from .config import compose_experiment, expand_runs
+from .data import TensorImageLoader, data_root, load_cifar10, read_bundled_sample
+from .models import build_model
+from .results import atomic_write_text, device_name, git_commit
+from .train import build_optimizer, lr_at, setup_engine, train_step
+
+PAPER_ITERATIONS = 64_000  # the CIFAR-10 schedule of Sec. 4.2
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # what the reimplementations use
+CSV_COLUMNS = ["date", "device", "torch", "model", "batch", "data", "ref_images_per_s", "ours_images_per_s",
+               "speedup", "ref_pipeline", "ours_pipeline", "steps", "git_commit"]
+
+
+@dataclass
+class BenchResult:
+    date: str
+    device: str
+    torch: str
+    model: str
+    batch: int
+    data: str
+    ref_images_per_s: float
+    ours_images_per_s: float
+    speedup: float
+    ref_pipeline: str
+    ours_pipeline: str
+    steps: int
+    git_commit: str
+
+    def projected_hours(self, images_per_s: float) -> float:
+        return PAPER_ITERATIONS * self.batch / images_per_s / 3600
+
+
+class PILCifar(torch.utils.data.Dataset):
+    """CIFAR-10 as torchvision's `datasets.CIFAR10` serves it: HWC uint8 arrays, one PIL image per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def reference_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int,
+                     device: torch.device) -> torch.utils.data.DataLoader:
+    from torchvision import transforms
+
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+    ])
+    return torch.utils.data.DataLoader(
+        PILCifar(images, labels, transform), batch_size=batch_size, shuffle=True, num_workers=workers,
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0)
+
+
+def _forever(epochs: Callable[[int], Iterator]) -> Iterator:
+    for epoch in itertools.count():
+        yield from epochs(epoch)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step: Callable[[], int], count: int, device: torch.device) -> tuple[int, float]:
+    """Images and seconds for `count` calls of `step` (which returns its batch size)."""
+    _sync(device)
+    start, images = time.perf_counter(), 0
+    for _ in range(count):
+        images += step()
+    _sync(device)
+    return images, time.perf_counter() - start
+
+
+def run_bench(
+    arch: str = "resnet",
+    n: int = 3,
+    batch_size: int = 128,
+    data_dir: Path | None = None,
+    steps: int | None = None,
+    warmup: int | None = None,
+    rounds: int = 2,
+    workers: int | None = None,
+    device: str = "auto",
+    results_dir: Path = Path("results"),
+    overrides: list[str] = (),
+    log: Callable[[str], None] = lambda line: None,
+) -> BenchResult:
+    """Time both pipelines, append a row to `results_dir/bench.csv` and return the numbers.
+    `log` receives the report line by line; its last line is `speedup: <ratio>x`.
+    `overrides` are Hydra overrides for our side (e.g. train.amp=false, train.threads=1)."""
+    sample = data_dir is None and data_root(None) is None
+    data_overrides = ["data.sample=true"] if sample else ["data.sample=false", f"data.root={data_root(data_dir)}"]
+    cfg = compose_experiment("custom", [f"model.arch={arch}", f"model.n={n}", f"train.batch_size={batch_size}",
+                                        f"device={device}", *data_overrides, *overrides])
+    engine = setup_engine(cfg)
+    dev = engine.device
+    steps = steps or (300 if dev.type == "cuda" else 20)
+    warmup = warmup if warmup is not None else (30 if dev.type == "cuda" else 3)
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    arrays = read_bundled_sample() if sample else load_cifar10(data_root(cfg.data.root), download=False)
+    images, labels = arrays.train_images, arrays.train_labels
+    what = f"{len(labels):,} CIFAR-10 images" + (" (bundled sample)" if sample else "")
+    model_name = expand_runs(cfg)[0].run.model_name
+    log(f"bench: {model_name}, batch {batch_size}, {what}, {device_name(dev)}, torch {torch.__version__}")
+
+    # the reference: PIL Dataset + DataLoader workers, eager fp32, loss.item() each step
+    torch.manual_seed(0)
+    ref_model = build_model(cfg.model, 10).to(dev)
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    ref_loader = reference_loader(images, labels, batch_size, workers, dev)
+    ref_batches = _forever(lambda _: iter(ref_loader))
+
+    def ref_step() -> int:
+        x, y = next(ref_batches)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        loss = F.cross_entropy(ref_model(x), y)
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+        loss.item()  # what the reimplementations log every step
+        return len(y)
+
+    # ours: what fit runs per step
+    mean = images.float().div(255).mean(0)
+    loader = TensorImageLoader(images, labels, mean, batch_size, True, dev, int(cfg.seed), int(cfg.data.pad))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 10).to(dev)
+    if engine.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.train)
+    step_model = torch.compile(model) if engine.compile else model
+    ours_batches = _forever(loader.epoch)
+    window = torch.zeros(3, device=dev)
+    iteration = itertools.count()
+
+    def ours_step() -> int:
+        nonlocal window
+        x, y = next(ours_batches)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(next(iteration), cfg.train, warming_up=False)
+        window += train_step(step_model, optimizer, x, y, engine)
+        return y.shape[0]
+
+    log(f"warming up ({warmup} steps each{', compiling ours' if engine.compile else ''})")
+    _timed(ref_step, warmup, dev)
+    _timed(ours_step, warmup, dev)
+    totals = {"ref": [0, 0.0], "ours": [0, 0.0]}
+    per_round = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
+    for r, count in enumerate(per_round, 1):
+        for name, step in (("ref", ref_step), ("ours", ours_step)):
+            images_done, seconds = _timed(step, count, dev)
+            totals[name][0] += images_done
+            totals[name][1] += seconds
+        log(f"round {r}/{rounds}: {count} steps each")
+    ref_ips, ours_ips = (totals[k][0] / totals[k][1] for k in ("ref", "ours"))
+    ours_parts = [p for p, on in (("bf16 autocast", engine.amp), ("channels_last", engine.channels_last),
+                                  ("torch.compile", engine.compile)) if on]
+    result = BenchResult(
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=device_name(dev),
+        torch=torch.__version__, model=model_name, batch=batch_size, data=what,
+        ref_images_per_s=round(ref_ips, 2), ours_images_per_s=round(ours_ips, 2),
+        speedup=round(ours_ips / ref_ips, 3),
+        ref_pipeline=f"PIL Dataset + DataLoader ({workers} workers), fp32 eager",
+        ours_pipeline="tensor loader on device, fused SGD" + "".join(f", {p}" for p in ours_parts),
+        steps=steps, git_commit=git_commit(),
+    )
+    path = append_row(Path(results_dir) / "bench.csv", result)
+    for label, ips, pipeline in (("reference", ref_ips, result.ref_pipeline), ("ours", ours_ips, result.ours_pipeline)):
+        log(f"{label:<9} {ips:8.1f} images/s  64k iterations: {result.projected_hours(ips):6.2f} h  ({pipeline})")
+    log(f"wrote {path}")
+    log(f"speedup: {result.speedup:.2f}x")
+    return result
+
+
+def append_row(path: Path, result: BenchResult) -> Path:
+    """Add one row to the CSV (header on first write); the file is replaced atomically."""
+    old = path.read_text() if path.exists() else ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    if not old:
+        writer.writeheader()
+    writer.writerow({k: v for k, v in asdict(result).items() if k in CSV_COLUMNS})
+    atomic_write_text(path, old + buf.getvalue())
+    return path

@@ -1,0 +1,86 @@
+"""`python -m resnet_repro.launch [-m] KEY=VALUE...`: one run per Hydra job, for Hydra's launchers.
+
+`resnet-repro run` composes with Hydra's compose API and loops over runs itself; this entry point
+is `@hydra.main` instead, so `-m` hands a grid to a Hydra launcher that starts one job per point:
+the basic launcher locally (one after another), the submitit plugin as SLURM jobs:
+
+    python -m resnet_repro.launch -m hydra/launcher=slurm model.arch=plain,resnet model.n=3,5,7 \
+        seed=0,1,2 profile=paper data.root=/data results_dir=$PWD/results
+
+Each job composes the same config tree (experiment=custom unless given) and calls the same runner
+as the CLI, so run ids, run directories, resume and skip-if-finished are identical. A job that SLURM
+preempts or times out gets the signal, saves a checkpoint at the next step and is requeued by
+submitit; the requeued job runs the same overrides again and resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from .config import config_dir, expand_runs
+from .errors import UserError
+from .train import Interrupted, is_main_process
+
+log = logging.getLogger("resnet_repro.launch")
+
+
+def _torch_env_from_slurm() -> None:
+    """A SLURM job with several tasks (tasks_per_node=GPUs) is one DDP run: give each task the
+    torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) that setup_engine reads."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError:
+        return
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def train_one(cfg: DictConfig, overrides: list[str]) -> dict:
+    """Train the single run `cfg` describes (as the CLI would for the same overrides)."""
+    from . import runner
+
+    with open_dict(cfg):
+        cfg.experiment.overrides = list(overrides)  # run ids and variants come from them, as in the CLI
+    runs = expand_runs(cfg)
+    if len(runs) != 1:
+        raise UserError(f"a launch job trains one run, this config makes {len(runs)} "
+                        f"({', '.join(r.run.id for r in runs)}); fan out with -m instead, "
+                        f"e.g. -m model.n=3,5 seed=0,1")
+
+    def on_run(run_cfg, run, status):
+        if is_main_process():
+            log.info(f"{run_cfg.run.id}: {status} ({run.path})")
+
+    def on_row(row):
+        err = row.get("test_error")
+        log.info(f"iteration {row['iteration']}: lr {row['lr']:g} train {row['train_error']:.2f}%"
+                 + (f" test {err:.2f}%" if err is not None else "") + f" {row['images_per_s']:.0f} img/s")
+
+    return runner.run_experiment(cfg, on_run=on_run, on_row=on_row)[0]
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    _torch_env_from_slurm()
+    try:
+        summary = train_one(cfg, list(HydraConfig.get().overrides.task))
+    except Interrupted as e:
+        log.warning(str(e))
+        sys.exit(130)
+    except UserError as e:
+        log.error(f"error: {e}")
+        sys.exit(2)
+    log.info(f"{summary['run_id']}: test error {summary['final_test_error']:.2f}% after "
+             f"{summary['iterations_done']} iterations ({summary['wall_s']:.0f} s)")
+    return summary["final_test_error"]  # what a Hydra sweeper would minimise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Figures 1, 4, 6 and 7 of He et al. 2015, redrawn from run directories (metrics.csv, responses.csv).
+
+Each net is drawn from one run: the best profile available (the paper's schedule first, else the profile
+covering most of the figure's nets), finished runs before unfinished ones, then the lowest seed. Titles
+and captions name the runs, their schedule, data and seeds; a figure lacking runs is drawn with what
+exists, marked partial, and `FigureResult.missing` says which command makes the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global figure registry, no backend to choose
+
+from .report import (CIFAR_DEPTHS, FULL_DATASETS, IMAGENET_COMMANDS, cifar_command, dataset_text, load_metrics,
+                     load_responses, load_runs, pretty, rank_profiles, schedule_text, with_profile)
+
+FIGURES = {
+    "fig1": "Fig. 1: CIFAR-10 training and test error, plain-20 vs plain-56",
+    "fig4": "Fig. 4: ImageNet training (thin) and validation (bold) error, plain vs ResNet-18/34",
+    "fig6": "Fig. 6: CIFAR-10 training (dashed) and test (bold) error",
+    "fig7": "Fig. 7: std of 3x3 layer responses on CIFAR-10",
+}
+PLAIN = [f"plain{d}" for d in CIFAR_DEPTHS]
+RESNET = [f"resnet{d}-A" for d in CIFAR_DEPTHS]
+# name -> (family, nets the figure needs, nets drawn only if present). Plain-110 is above 60% in the
+# paper's Fig. 6 and not shown there.
+_NETS = {
+    "fig1": ("cifar", ["plain20", "plain56"], []),
+    "fig4": ("imagenet", ["plain18", "plain34", "resnet18-A", "resnet34-A"], []),
+    "fig6": ("cifar", [*PLAIN[:4], *RESNET, "resnet1202-A"], ["plain110"]),
+    "fig7": ("cifar", ["plain20", "plain56", "resnet20-A", "resnet56-A", "resnet110-A"], []),
+}
+
+
+@dataclass
+class FigureResult:
+    name: str
+    figure: Figure | None  # None when there was nothing to draw (then no files are written)
+    paths: list[Path] = field(default_factory=list)
+    drawn: list[str] = field(default_factory=list)  # "<profile>/<run_id>" of each run drawn
+    missing: list[str] = field(default_factory=list)  # "<net>: `<command that makes it>`"
+    notes: list[str] = field(default_factory=list)  # seeds left out, runs with nothing to draw yet, axes widened
+    partial: bool = False  # some net is missing or drawn from an unfinished run
+
+
+def plot_all(runs_dir: Path, results_dir: Path, profile: str | None = None,
+             formats: tuple[str, ...] = ("png", "pdf")) -> list[FigureResult]:
+    return [plot_figure(name, runs_dir, results_dir, profile, formats) for name in FIGURES]
+
+
+def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | None = None,
+                formats: tuple[str, ...] = ("png", "pdf")) -> FigureResult:
+    """Draw figure `name` from the runs under `runs_dir` (only `profile`'s if given) into
+    `results_dir/<name>.png` and `.pdf` (or the given `formats`)."""
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure {name!r}: choose one of {', '.join(FIGURES)}")
+    family, required, optional = _NETS[name]
+    runs = load_runs(runs_dir)
+    runs = runs[(runs.family == family) & ~runs.ensemble]
+    load = load_responses if name == "fig7" else load_metrics
+    picked, data, notes = select_runs(runs, [*required, *optional], profile, load)
+    # missing runs are best made in the profile the figure draws (else the one the family's runs use)
+    command_profile = profile or (rank_profiles(pd.DataFrame(picked.values())) or rank_profiles(runs) or [None])[0]
+    missing = [_missing(name, m, runs, profile, command_profile) for m in required if m not in picked]
+    result = FigureResult(name, None, drawn=[f"{r.profile}/{r.run_id}" for r in picked.values()], missing=missing,
+                          notes=notes)
+    result.partial = bool(result.missing) or any(r.status != "finished" for r in picked.values())
+    if not picked:
+        return result
+    fig = _DRAW[name](picked, data, result.notes)
+    title = f"{FIGURES[name]}, reproduced" + (" (partial)" if result.partial else "")
+    _caption(fig, title, picked, [m for m in required if m not in picked], result.notes)
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for suffix in formats:
+        path = results_dir / f"{name}.{suffix}"
+        fig.savefig(path, dpi=150)
+        result.paths.append(path)
+    result.figure = fig
+    return result
+
+
+def select_runs(runs: pd.DataFrame, models: list[str], profile: str | None = None, load=load_metrics):
+    """One run per net with something to draw: best profile first (report.rank_profiles), then finished
+    before unfinished, unaltered before variants, full data before a sample, lowest seed.
+    Returns ({net: run}, {net: its data}, notes)."""
+    pool = runs[runs.model.isin(models)]
+    if profile:
+        pool = pool[pool.profile == profile]
+    loaded = {i: load(Path(p)) for i, p in pool.path.items()}
+    usable = pool[[not loaded[i].empty for i in pool.index]]
+    ranked = rank_profiles(usable)
+    picked, data, notes = {}, {}, []
+    for model in models:
+        for p in ranked:
+            sub = usable[(usable.model == model) & (usable.profile == p)]
+            if sub.empty:
+                continue
+            sub = sub.assign(_unfinished=sub.status != "finished", _variant=sub.variant != "",
+                             _sample=~sub.dataset.isin(FULL_DATASETS))
+            run = sub.sort_values(["_unfinished", "_variant", "_sample", "seed"]).iloc[0]
+            picked[model], data[model] = run, loaded[run.name]
+            if len(sub) > 1:
+                seeds = " ".join(str(int(s)) for s in sorted(sub.seed))
+                notes.append(f"{pretty(model)}: {len(sub)} runs in profile `{p}` (seeds {seeds}); drawn: {run.run_id}")
+            break
+    notes += [f"{r.profile}/{r.run_id} ({r.status}) has nothing to draw yet"
+              for r in pool.drop(usable.index).itertuples() if r.model not in picked]
+    return picked, data, notes
+
+
+def _missing(name: str, model: str, runs: pd.DataFrame, profile: str | None, command_profile: str | None) -> str:
+    """'<net>: why: `<command>`'; `profile` is the one asked for, `command_profile` the one drawn."""
+    where = f" in profile `{profile}`" if profile else ""
+    if name == "fig7":  # a trained run without responses.csv only needs the analysis
+        trained = runs[(runs.model == model) & (runs.status == "finished")]
+        trained = trained[trained.profile == profile] if profile else trained
+        if len(trained):
+            return f"{pretty(model)}: no responses.csv{where}: `resnet-repro analyze responses {trained.iloc[0].path}`"
+    if name == "fig4":
+        command = with_profile(IMAGENET_COMMANDS["fig4"], command_profile)
+    else:
+        command = cifar_command(model, command_profile)
+    return f"{pretty(model)}: no run{where}: `{command}`"
+
+
+# -------------------------------------------------------------------------------------------- drawing
+
+
+def _fig1(picked, data, notes) -> Figure:
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    scale = _scale(data)
+    for ax, column, what in zip(fig.subplots(1, 2), ["train_error", "test_error"], ["training", "test"]):
+        finals = []
+        for model, run in picked.items():
+            m = data[model].dropna(subset=[column])
+            ax.plot(m.iteration / scale, m[column], color=_color(model), lw=1.5, label=_label(run, picked))
+            finals += m[column].tail(1).tolist()  # nothing yet before a run's first evaluation
+        ax.set(xlabel=_xlabel(scale), ylabel=f"{what} error (%)", title=f"{what} error")
+        _ylim(ax, (0, 20), finals, notes)
+        _legend(ax)
+    return fig
+
+
+def _fig4(picked, data, notes) -> Figure:
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    scale = _scale(data)
+    panels = [("plain", ["plain18", "plain34"]), ("ResNet", ["resnet18-A", "resnet34-A"])]
+    for ax, (title, models) in zip(fig.subplots(1, 2), panels):
+        finals = [v for m in models if m in picked for v in _curves(ax, m, picked, data, scale, train_ls="-")]
+        ax.set(xlabel=_xlabel(scale), ylabel="error (%)", title=title)
+        _ylim(ax, (20, 60), finals, notes)
+        _legend(ax)
+    return fig
+
+
+def _fig6(picked, data, notes) -> Figure:
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    scale = _scale(data)
+    panels = [("plain", [*PLAIN[:4], "plain110"]), ("ResNet", RESNET),
+              ("ResNet-110 vs 1202", ["resnet110-A", "resnet1202-A"])]
+    for ax, (title, models) in zip(fig.subplots(1, 3), panels):
+        finals = []
+        for m in (m for m in models if m in picked):
+            ends = _curves(ax, m, picked, data, scale, train_ls="--")
+            finals += [] if m == "plain110" else ends  # plain-110 may leave the chart, as in the paper
+        ax.axhline(5, color="gray", ls=":", lw=1)
+        ax.set(xlabel=_xlabel(scale), ylabel="error (%)", title=title)
+        top = _ylim(ax, (0, 20), finals, notes)
+        if "plain110" in models and "plain110" in picked:
+            last = data["plain110"].test_error.dropna()
+            if len(last) and last.iloc[-1] > top:
+                notes.append(f"plain-110 ends at {last.iloc[-1]:.1f}% test error, above the chart (as in the paper)")
+        _legend(ax)
+    return fig
+
+
+def _fig7(picked, data, notes) -> Figure:
+    fig = Figure(figsize=(8, 6.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1)
+    for model, run in picked.items():
+        r = data[model].dropna(subset=["std"]).sort_values("layer")
+        style = dict(color=_color(model), marker=".", ms=4, lw=1.2, ls="--" if model.startswith("plain") else "-",
+                     label=_label(run, picked))
+        top.plot(r.layer, r["std"], **style)
+        bottom.plot(range(1, len(r) + 1), r["std"].sort_values(ascending=False), **style)
+    top.set(xlabel="layer index (original)", ylabel="std", title="in network order")
+    bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std", title="sorted, largest first")
+    for ax in (top, bottom):
+        ax.set_ylim(bottom=0)
+        _legend(ax)
+    return fig
+
+
+_DRAW = {"fig1": _fig1, "fig4": _fig4, "fig6": _fig6, "fig7": _fig7}
+
+
+def _curves(ax, model, picked, data, scale, train_ls) -> list[float]:
+    """Training error thin, test error bold, one colour per net; returns the final values."""
+    m = data[model]
+    test = m.dropna(subset=["test_error"])
+    ax.plot(m.iteration / scale, m.train_error, color=_color(model), ls=train_ls, lw=0.8)
+    ax.plot(test.iteration / scale, test.test_error, color=_color(model), lw=2.2, label=_label(picked[model], picked))
+    return m.train_error.dropna().tail(1).tolist() + test.test_error.tail(1).tolist()
+
+
+# One colour per depth, so a net keeps its colour across panels and figures.
+_COLORS = {"20": "C0", "32": "C1", "44": "C2", "56": "C3", "110": "C4", "1202": "C5", "18": "C0", "34": "C3"}
+
+
+def _color(model: str) -> str:
+    depth = model.removeprefix("plain").removeprefix("resnet").split("-")[0]
+    return _COLORS.get(depth, "k")
+
+
+def _label(run, picked) -> str:
+    label = pretty(run.model)
+    if len({r.profile for r in picked.values()}) > 1:  # say which curve is which schedule
+        label += f" [{run.profile}]"
+    if run.status == "failed":
+        return label + " (failed)"
+    return label if run.status == "finished" else label + " (partial)"
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # a panel may have none of its nets yet
+        ax.legend(fontsize=8)
+
+
+def _scale(data: dict) -> float:
+    """The paper's axes are in 1e4 iterations; far shorter runs keep plain iteration counts."""
+    longest = max((d.iteration.max() for d in data.values() if "iteration" in d and len(d)), default=0)
+    return 1e4 if longest >= 1e4 else 1
+
+
+def _xlabel(scale: float) -> str:
+    return "iter. (1e4)" if scale > 1 else "iterations"
+
+
+def _ylim(ax, paper: tuple[float, float], finals: list[float], notes: list[str]) -> float:
+    """The paper's y-range, widened (and said so) when our runs end outside it."""
+    lo, hi = paper
+    finals = [v for v in finals if math.isfinite(v)]  # a diverged run may log NaN or inf
+    if finals and min(finals) < lo:
+        lo = 0
+    if finals and max(finals) > hi:
+        hi = min(100, 10 * math.ceil((max(finals) + 5) / 10))
+    if (lo, hi) != paper:
+        note = f"y-axis widened from the paper's {paper[0]:g}-{paper[1]:g}% to {lo:g}-{hi:g}% to fit these runs"
+        if note not in notes:
+            notes.append(note)
+    ax.set_ylim(lo, hi)
+    return hi
+
+
+def _caption(fig: Figure, title: str, picked: dict, missing: list[str], notes: list[str]) -> None:
+    """Suptitle plus a caption under the axes: schedule, data and seed of every run drawn."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for model, run in picked.items():
+        text = f"{pretty(model)} seed {int(run.seed)}"
+        if run.status != "finished":
+            text += f" ({run.status}, {_it(run.iterations_done)}/{_it(run.iterations)} iterations)"
+        groups.setdefault((schedule_text(run), dataset_text(run.dataset) or run.dataset), []).append(text)
+    lines = [f"{', '.join(items)}: {schedule}; data {dataset}." for (schedule, dataset), items in groups.items()]
+    lines += [f"Not drawn, no data yet: {', '.join(pretty(m) for m in missing)}."] if missing else []
+    lines += [f"{n}." for n in notes]
+    width = int(fig.get_figwidth() * 15)
+    wrapped = [w for line in lines for w in textwrap.wrap(line, width)]
+    height = (len(wrapped) * 0.14 + 0.1) / fig.get_figheight()
+    fig.get_layout_engine().set(rect=(0, height, 1, 1 - height))
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.01, height - 0.02 / fig.get_figheight(), "\n".join(wrapped), va="top", fontsize=7.5)
+
+
+def _it(value) -> str:
+    return "?" if pd.isna(value) else f"{int(value):,}"
