@@ -25,3 +25,14 @@ def fake_cifar(tmp_path) -> Path:
     """Parent folder holding a generated cifar-10-batches-py/ (100 train, 20 test images)."""
     write_fake_cifar(tmp_path / "data")
     return tmp_path / "data"
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    """Where run directories go in report and plot tests."""
+    return tmp_path / "experiments"
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    return tmp_path / "results"

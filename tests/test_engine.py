@@ -356,3 +356,20 @@ def test_bench_times_both_pipelines_and_appends_a_row(tmp_path):
         [row] = list(csv.DictReader(f))
     assert row["model"] == "resnet8-A" and row["batch"] == "16" and float(row["ours_images_per_s"]) > 0
     assert row["torch"] == torch.__version__ and row["git_commit"]
+
+
+def test_a_run_locked_by_another_process_is_skipped_not_shared(tmp_path):
+    from resnet_repro.config import compose_experiment, expand_runs, runs_root
+    from resnet_repro.results import RunDir
+    from resnet_repro.runner import run_experiment
+
+    cfg = compose_experiment("custom", ["profile=smoke", "model.n=1", f"results_dir={tmp_path}/results"])
+    run = RunDir.for_run(runs_root(cfg), expand_runs(cfg)[0])
+    seen = []
+    with run.lock() as mine:
+        assert mine
+        with run.lock() as other:  # a second open file description: as another process would see it
+            assert not other
+        assert run_experiment(cfg, on_run=lambda c, r, status: seen.append(status)) == []
+    assert seen == ["busy"] and not run.metrics.exists()
+    assert run_experiment(cfg)[0]["status"] == "finished"

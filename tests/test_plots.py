@@ -10,16 +10,6 @@ CIFAR = [20, 32, 44, 56, 110]
 PNG = ("png",)  # PDFs only where a test looks at them: rendering is most of these tests' time
 
 
-@pytest.fixture
-def runs(tmp_path):
-    return tmp_path / "experiments"
-
-
-@pytest.fixture
-def results(tmp_path):
-    return tmp_path / "results"
-
-
 def caption(fig) -> str:
     """Title and caption with the caption's line wrapping undone."""
     return " ".join(" ".join(t.get_text() for t in fig.texts).split())

@@ -9,16 +9,6 @@ from rundirs import make_run
 from resnet_repro import paper, report
 
 
-@pytest.fixture
-def runs(tmp_path):
-    return tmp_path / "experiments"
-
-
-@pytest.fixture
-def results(tmp_path):
-    return tmp_path / "results"
-
-
 def rows(table: pd.DataFrame, model: str) -> pd.DataFrame:
     return table[table.model == model]
 

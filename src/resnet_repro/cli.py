@@ -111,8 +111,9 @@ def _train_and_report(cfg, restart: bool) -> None:
 
     def on_run(run_cfg, run, status):
         nonlocal task
-        if status == "skip":
-            console.print(f"{run_cfg.run.id}: finished already, skipped ({run.path})", highlight=False)
+        if status in ("skip", "busy"):
+            why = "finished already" if status == "skip" else "being trained by another process"
+            console.print(f"{run_cfg.run.id}: {why}, skipped ({run.path})", highlight=False)
             return
         if task is not None:
             progress.remove_task(task)

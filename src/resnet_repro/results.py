@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -88,6 +90,29 @@ class RunDir:
             return json.loads(self.summary_file.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"unreadable {self.summary_file} ({e}); fix or delete it")
+
+    @contextlib.contextmanager
+    def lock(self, take: bool = True):
+        """An exclusive lock on the run for this process; yields False if another process holds it."""
+        if not take:
+            yield True
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def clear(self) -> None:
+        """Remove an unfinished run's files (--restart), keeping the lock file."""
+        for path in (self.config, self.metrics, self.summary_file, self.checkpoint, self.responses):
+            path.unlink(missing_ok=True)
 
     @property
     def finished(self) -> bool:

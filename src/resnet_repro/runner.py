@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,19 +37,24 @@ def run_experiment(
                     on_run(run_cfg, run, "skip")
                 summaries.append(run.summary())
                 continue
-            if restart:
-                if engine.is_main and run.path.exists():
-                    shutil.rmtree(run.path)
-                if engine.world > 1:
-                    torch.distributed.barrier()  # no rank reads the old checkpoint after rank 0 removed it
-            if on_run:
-                on_run(run_cfg, run, "resume" if run.checkpoint.exists() else "start")
-            key = OmegaConf.to_yaml(run_cfg.data) + f"{run_cfg.train.batch_size}/{run_cfg.train.eval_batch_size}"
-            if key not in data_by_config:
-                data_by_config[key] = build_data(run_cfg, engine, int(run_cfg.seed))
-            data = data_by_config[key]
-            data.train.seed = int(run_cfg.seed)
-            summaries.append(fit(run_cfg, run, data, engine, on_row, stop))
+            with run.lock(engine.is_main) as locked:
+                if not locked:  # another process is training this run (a parallel sweep)
+                    if on_run:
+                        on_run(run_cfg, run, "busy")
+                    continue
+                if restart:
+                    if engine.is_main and run.path.exists():
+                        run.clear()
+                    if engine.world > 1:
+                        torch.distributed.barrier()  # no rank reads the old checkpoint after rank 0 removed it
+                if on_run:
+                    on_run(run_cfg, run, "resume" if run.checkpoint.exists() else "start")
+                key = OmegaConf.to_yaml(run_cfg.data) + f"{run_cfg.train.batch_size}/{run_cfg.train.eval_batch_size}"
+                if key not in data_by_config:
+                    data_by_config[key] = build_data(run_cfg, engine, int(run_cfg.seed))
+                data = data_by_config[key]
+                data.train.seed = int(run_cfg.seed)
+                summaries.append(fit(run_cfg, run, data, engine, on_row, stop))
     return summaries
 
 
