@@ -135,15 +135,16 @@ def _missing(name: str, model: str, runs: pd.DataFrame, profile: str | None, com
 def _fig1(picked, data, notes) -> Figure:
     fig = Figure(figsize=(10, 4), layout="constrained")
     scale = _scale(data)
-    for ax, column, what in zip(fig.subplots(1, 2), ["train_error", "test_error"], ["training", "test"]):
-        finals = []
+    axes, finals = fig.subplots(1, 2, sharey=True), []  # one y-range, as in the paper, so panels compare
+    for ax, column, what in zip(axes, ["train_error", "test_error"], ["training", "test"]):
         for model, run in picked.items():
             m = data[model].dropna(subset=[column])
             ax.plot(m.iteration / scale, m[column], color=_color(model), lw=1.5, label=_label(run, picked))
             finals += m[column].tail(1).tolist()  # nothing yet before a run's first evaluation
         ax.set(xlabel=_xlabel(scale), ylabel=f"{what} error (%)", title=f"{what} error")
-        _ylim(ax, (0, 20), finals, notes)
+        ax.yaxis.set_tick_params(labelleft=True)
         _legend(ax)
+    _ylim(axes[0], (0, 20), finals, notes)
     return fig
 
 

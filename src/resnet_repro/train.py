@@ -249,11 +249,6 @@ def evaluate_run(model: nn.Module, loader, data, cfg: DictConfig, engine: Engine
     return evaluate(model, loader, engine)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
-
-
 def _check_finite(values: list[float], run: RunDir, iteration: int, summary: dict, engine: Engine) -> None:
     """Stop on a NaN/inf loss (or weights). Every rank sees the same reduced values, so all stop together."""
     if not all(math.isfinite(v) for v in values):
