@@ -16,7 +16,7 @@ from rich.table import Table
 
 from . import config as config_mod
 from .errors import UserError
-from .models import ModelSpec, build_model, count_multiply_adds, count_parameters, cifar_depth
+from .models import build_model, count_multiply_adds, count_parameters, spec_from_config
 from .train import Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -283,11 +283,19 @@ def analyze_responses(
         console.print(f"wrote {runner.analyze_responses(run_path, device, data_dir)}", highlight=False)
 
 
-def _models_table(title: str, specs: list[tuple[ModelSpec, object]], image_size: int) -> None:
+def _models_table(title: str, flag: str, settings: list[dict], image_size: int) -> None:
+    """Layers, parameters and multiply-adds of the nets `settings` (model config dicts) describe."""
+    from omegaconf import OmegaConf
+
     table = Table(title=title)
     for col in ("model", "layers", "params", "multiply-adds"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for spec, model_cfg in specs:
+    for setting in settings:
+        model_cfg = OmegaConf.create(setting)
+        try:
+            spec = spec_from_config(model_cfg)  # validates depth, arch and shortcut
+        except ValueError as e:
+            raise UserError(f"bad {flag}/--arch/--shortcut: {e}")
         model = build_model(model_cfg, 10 if spec.family == "cifar" else 1000)
         macs = count_multiply_adds(model, image_size)
         table.add_row(spec.name, str(spec.depth), f"{count_parameters(model):,}",
@@ -303,18 +311,9 @@ def models_cifar(
     shortcut: Annotated[str, typer.Option("--shortcut", help="A, B or C.")] = "A",
 ):
     """CIFAR-10 nets: layers, parameters, multiply-adds per 32x32 image."""
-    from omegaconf import OmegaConf
-
-    specs = []
-    for a in parse_archs(arch):
-        for value in parse_ints(n, "--n"):
-            if value < 1:
-                raise UserError(f"--n must be >= 1 (depth 6n+2), got {value}")
-            if shortcut not in ("A", "B", "C"):
-                raise UserError(f"--shortcut takes A, B or C (got {shortcut!r})")
-            cfg = OmegaConf.create({"family": "cifar", "arch": a, "n": value, "shortcut": shortcut})
-            specs.append((ModelSpec("cifar", a, cifar_depth(value), shortcut), cfg))
-    _models_table("CIFAR-10 nets (Sec. 4.2)", specs, 32)
+    settings = [{"family": "cifar", "arch": a, "n": value, "shortcut": shortcut}
+                for a in parse_archs(arch) for value in parse_ints(n, "--n")]
+    _models_table("CIFAR-10 nets (Sec. 4.2)", "--n", settings, 32)
 
 
 @models_app.command("imagenet")
@@ -327,21 +326,9 @@ def models_imagenet(
                                            "(the paper's); v1.5: its 3x3 (torchvision's).")] = Stride.v1,
 ):
     """ImageNet nets (Table 1): layers, parameters, multiply-adds per 224x224 image."""
-    from omegaconf import OmegaConf
-
-    from .models import IMAGENET_DEPTHS
-
-    if shortcut not in ("A", "B", "C"):
-        raise UserError(f"--shortcut takes A, B or C (got {shortcut!r})")
-    specs = []
-    for a in parse_archs(arch):
-        for d in parse_ints(depth, "--depth"):
-            if d not in IMAGENET_DEPTHS:
-                raise UserError(f"--depth takes {', '.join(map(str, IMAGENET_DEPTHS))} (got {d})")
-            cfg = OmegaConf.create({"family": "imagenet", "arch": a, "depth": d, "shortcut": shortcut,
-                                    "stride_on": stride.value})
-            specs.append((ModelSpec("imagenet", a, d, shortcut, stride.value), cfg))
-    _models_table("ImageNet nets (Table 1)", specs, 224)
+    settings = [{"family": "imagenet", "arch": a, "depth": d, "shortcut": shortcut, "stride_on": stride.value}
+                for a in parse_archs(arch) for d in parse_ints(depth, "--depth")]
+    _models_table("ImageNet nets (Table 1)", "--depth", settings, 224)
 
 
 @app.command("eval")
