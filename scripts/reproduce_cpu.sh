@@ -12,8 +12,12 @@ cd "$(dirname "$0")/.."
 rr() { .venv/bin/resnet-repro "$@"; }
 mkdir -p logs
 
+# Cheapest and most-needed runs first (ResNet-20 seeds, then Fig. 6 depths 32-56), the 110-layer nets last.
 cifar_queue() {
   rr run fig1 profile=budget train.threads=1 --data-dir "$CIFAR"
+  rr run custom profile=budget model.n=3 seeds=3 train.threads=1 --data-dir "$CIFAR"
+  rr sweep cifar --n 5,7 --arch resnet profile=budget train.threads=1 --data-dir "$CIFAR"
+  rr sweep cifar --n 7 --arch plain profile=budget train.threads=1 --data-dir "$CIFAR"
   rr run table6 profile=budget train.threads=1 --data-dir "$CIFAR"
   rr run fig6 profile=budget train.threads=1 --data-dir "$CIFAR"
 }
@@ -21,7 +25,10 @@ cifar_queue() {
 second_queue() {
   rr run table2 profile=proxy --data-dir "$PROXY"
   rr run fig4 profile=proxy --data-dir "$PROXY"
+  sleep 30  # let the first queue claim ResNet-20 seed 1; this one then takes seed 2
   rr run custom profile=budget model.n=3 seeds=3 train.threads=1 --data-dir "$CIFAR"
+  rr sweep cifar --n 5 --arch plain profile=budget train.threads=1 --data-dir "$CIFAR"
+  rr sweep cifar --n 9 --arch resnet profile=budget train.threads=1 --data-dir "$CIFAR"
   rr run fig7 profile=budget train.threads=1 --data-dir "$CIFAR"
   rr run fig6 profile=budget train.threads=1 --data-dir "$CIFAR"
 }

@@ -54,6 +54,14 @@ def test_fig6_has_three_panels_with_train_test_and_guide_lines(runs, results):
     assert "plain-110 ends at 13.5% test error" not in caption(result.figure)  # it fits the chart here
 
 
+def test_fig6_widens_all_panels_together(runs, results):
+    make_run(runs, "budget", "plain56", final_error=55.0)
+    make_run(runs, "budget", "resnet20-A", final_error=15.0)
+    result = plots.plot_figure("fig6", runs, results, formats=())
+    assert [ax.get_ylim() for ax in result.figure.axes] == [(0, 60)] * 3  # plain and ResNet compare at a glance
+    assert "y-axis widened from the paper's 0-20% to 0-60% to fit these runs" in result.notes
+
+
 def test_missing_run_gives_partial_figure_and_the_command(runs, results):
     make_run(runs, "paper", "plain20")
     result = plots.plot_figure("fig1", runs, results, formats=PNG)

@@ -271,3 +271,12 @@ def test_deeper_resnet_responds_less(tmp_path, stds, expected):
 def test_imagenet_depth_claim(tmp_path, errors, expected):
     specs = [("paper", m, {"final_error": e}) for m, e in errors.items()]
     assert judge(tmp_path, report.imagenet_resnet34_beats_18_plain_does_not, *specs).holds is expected
+
+
+def test_imagenet_depth_claim_reads_table2s_10crop_numbers(tmp_path):
+    center = {"plain18": 27.9, "plain34": 26.0, "resnet18-A": 27.9, "resnet34-A": 25.0}  # does not hold
+    ten_crop = {"plain18": 25.0, "plain34": 26.0, "resnet18-A": 25.0, "resnet34-A": 23.0}  # holds
+    specs = [("paper", m, {"final_error": center[m], "final_eval": {"10crop": {"top1_error": ten_crop[m]}}})
+             for m in center]
+    claim = judge(tmp_path, report.imagenet_resnet34_beats_18_plain_does_not, *specs)
+    assert claim.holds is True and "10-crop top-1 error" in claim.evidence and "plain-34 26.00%" in claim.evidence

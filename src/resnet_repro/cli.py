@@ -32,6 +32,7 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder with th
 ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Tables and figures go here.")]
 RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Run directories (default: experiments/ beside --results-dir).")]
 ConfigDir = Annotated[Path | None, typer.Option("--config-dir", help="Config tree to use instead of the project's conf/.")]
+Restart = Annotated[bool, typer.Option("--restart", help="Start unfinished runs over instead of resuming.")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. profile=smoke model.shortcut=B seeds=5.")]
 
 
@@ -172,7 +173,7 @@ def run(
     results_dir: ResultsDir = Path("results"),
     runs_dir: RunsDir = None,
     config_dir: ConfigDir = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Start unfinished runs over instead of resuming.")] = False,
+    restart: Restart = False,
 ):
     """Train what EXPERIMENT needs (resuming unfinished runs), then write its tables and figures."""
     cfg = config_mod.compose_experiment(
@@ -191,7 +192,7 @@ def sweep(
     results_dir: ResultsDir = Path("results"),
     runs_dir: RunsDir = None,
     config_dir: ConfigDir = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Start unfinished runs over instead of resuming.")] = False,
+    restart: Restart = False,
 ):
     """One run per (arch, n, seed) on CIFAR-10."""
     if family != "cifar":

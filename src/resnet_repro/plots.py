@@ -165,19 +165,19 @@ def _fig6(picked, data, notes) -> Figure:
     scale = _scale(data)
     panels = [("plain", [*PLAIN[:4], "plain110"]), ("ResNet", RESNET),
               ("ResNet-110 vs 1202", ["resnet110-A", "resnet1202-A"])]
-    for ax, (title, models) in zip(fig.subplots(1, 3), panels):
-        finals = []
+    axes, finals = fig.subplots(1, 3, sharey=True), []  # one y-range, as in the paper, so panels compare
+    for ax, (title, models) in zip(axes, panels):
         for m in (m for m in models if m in picked):
             ends = _curves(ax, m, picked, data, scale, train_ls="--")
             finals += [] if m == "plain110" else ends  # plain-110 may leave the chart, as in the paper
         ax.axhline(5, color="gray", ls=":", lw=1)
         ax.set(xlabel=_xlabel(scale), ylabel="error (%)", title=title)
-        top = _ylim(ax, (0, 20), finals, notes)
-        if "plain110" in models and "plain110" in picked:
-            last = data["plain110"].test_error.dropna()
-            if len(last) and last.iloc[-1] > top:
-                notes.append(f"plain-110 ends at {last.iloc[-1]:.1f}% test error, above the chart (as in the paper)")
+        ax.yaxis.set_tick_params(labelleft=True)
         _legend(ax)
+    top = _ylim(axes[0], (0, 20), finals, notes)
+    last = data["plain110"].test_error.dropna() if "plain110" in picked else []
+    if len(last) and last.iloc[-1] > top:
+        notes.append(f"plain-110 ends at {last.iloc[-1]:.1f}% test error, above the chart (as in the paper)")
     return fig
 
 
