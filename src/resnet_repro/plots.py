@@ -8,6 +8,7 @@ exists, marked partial, and `FigureResult.missing` says which command makes the 
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure  # no pyplot: no global figure registry, no
 
 from .report import (CIFAR_DEPTHS, FULL_DATASETS, IMAGENET_COMMANDS, cifar_command, dataset_text, load_metrics,
                      load_responses, load_runs, pretty, rank_profiles, schedule_text, with_profile)
+from .results import atomic_write_bytes
 
 FIGURES = {
     "fig1": "Fig. 1: CIFAR-10 training and test error, plain-20 vs plain-56",
@@ -79,7 +81,10 @@ def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | Non
     results_dir.mkdir(parents=True, exist_ok=True)
     for suffix in formats:
         path = results_dir / f"{name}.{suffix}"
-        fig.savefig(path, dpi=150)
+        buffer = io.BytesIO()
+        # no creation date in the PDF, so regenerating unchanged runs leaves the committed files unchanged
+        fig.savefig(buffer, format=suffix, dpi=150, metadata={"CreationDate": None} if suffix == "pdf" else None)
+        atomic_write_bytes(path, buffer.getvalue())
         result.paths.append(path)
     result.figure = fig
     return result
