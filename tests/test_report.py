@@ -234,6 +234,22 @@ def test_resnet_error_falls_with_depth(tmp_path, errors, expected):
         assert "tolerance 0.2 points" in claim.evidence and f"ResNet-20 {errors[20]:.2f}%" in claim.evidence
 
 
+@pytest.mark.parametrize("errors, expected", [
+    ({20: 17.5, 32: 30.0, 56: 57.1}, True),
+    ({20: 17.5, 32: 17.4, 56: 57.1}, True),  # within the 0.2-point tolerance
+    ({20: 17.5, 32: 12.0, 56: 57.1}, False),
+    ({56: 57.1}, None),
+])
+def test_plain_training_error_rises_with_depth(tmp_path, errors, expected):
+    specs = [("paper", f"plain{d}", {"final_train_error": e}) for d, e in errors.items()]
+    claim = judge(tmp_path, report.plain_training_error_rises_with_depth, *specs)
+    assert claim.holds is expected
+    if expected is None:
+        assert "needs finished plain runs of at least two depths" in claim.evidence
+    else:
+        assert "final training error by depth" in claim.evidence and f"plain-56 {errors[56]:.2f}%" in claim.evidence
+
+
 @pytest.mark.parametrize("resnet, plain, expected", [(0.5, 4.0, True), (4.0, 0.5, False), (None, 4.0, None)])
 def test_resnet_trains_better_than_plain(tmp_path, resnet, plain, expected):
     specs = [("paper", "plain56", {"final_train_error": plain})]

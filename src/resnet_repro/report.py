@@ -439,16 +439,28 @@ def resnet_trains_better_than_plain(runs: pd.DataFrame) -> Claim:
     return _greater(runs, "plain56", "resnet56-A", "final_train_error", "final training error")
 
 
-def resnet_error_falls_with_depth(runs: pd.DataFrame, tolerance: float = 0.2) -> Claim:
-    """Test error non-increasing over the available depths 20..110, each step allowed `tolerance` points."""
-    models = [f"resnet{d}-A" for d in CIFAR_DEPTHS]
-    picked = _means(runs, models, "final_test_error", enough=lambda means: len(means) >= 2)
+def _trend_with_depth(runs: pd.DataFrame, arch: str, column: str, what: str, rising: bool,
+                      tolerance: float = 0.2) -> Claim:
+    """`column` rising (or falling) over the available depths 20..110, each step allowed `tolerance` points."""
+    plain = arch == "plain"
+    models = [f"plain{d}" if plain else f"resnet{d}-A" for d in CIFAR_DEPTHS]
+    picked = _means(runs, models, column, enough=lambda means: len(means) >= 2)
     if picked is None:
-        return Claim(None, "needs finished ResNet runs of at least two depths among 20/32/44/56/110 in one profile")
+        return Claim(None, f"needs finished {'plain' if plain else 'ResNet'} runs of at least two depths among "
+                           "20/32/44/56/110 in one profile")
     run, means = picked
     values = list(means.values())
-    holds = all(b <= a + tolerance for a, b in zip(values, values[1:]))
-    return _judged(run, means, f"final test error by depth (tolerance {tolerance} points per step)", holds)
+    sign = 1 if rising else -1
+    holds = all(sign * (b - a) >= -tolerance for a, b in zip(values, values[1:]))
+    return _judged(run, means, f"{what} by depth (tolerance {tolerance} points per step)", holds)
+
+
+def resnet_error_falls_with_depth(runs: pd.DataFrame) -> Claim:
+    return _trend_with_depth(runs, "resnet", "final_test_error", "final test error", rising=False)
+
+
+def plain_training_error_rises_with_depth(runs: pd.DataFrame) -> Claim:
+    return _trend_with_depth(runs, "plain", "final_train_error", "final training error", rising=True)
 
 
 def resnet_responds_less_than_plain(runs: pd.DataFrame) -> Claim:
@@ -492,6 +504,7 @@ def imagenet_resnet34_beats_18_plain_does_not(runs: pd.DataFrame) -> Claim:
 CLAIMS: list[tuple[str, Callable[[pd.DataFrame], Claim]]] = [
     ("plain-56 has higher training error than plain-20 (Fig. 1, the degradation problem)", plain_deeper_trains_worse),
     ("plain-56 has higher test error than plain-20 (Fig. 1)", plain_deeper_tests_worse),
+    ("deeper plain nets have higher training error (Fig. 6, left)", plain_training_error_rises_with_depth),
     ("ResNet test error falls with depth up to 110 layers (Table 6)", resnet_error_falls_with_depth),
     ("ResNet-56 has lower training error than plain-56 (Fig. 6)", resnet_trains_better_than_plain),
     ("ResNet layer responses are smaller than plain ones (Fig. 7)", resnet_responds_less_than_plain),
