@@ -55,8 +55,9 @@ def git_commit() -> str:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
+        # "dirty" means edited code or configs; run directories and results change as runs train
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "src", "conf", "pyproject.toml"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return "unknown"
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
