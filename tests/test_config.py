@@ -79,3 +79,10 @@ def test_runs_go_beside_results_unless_given(tmp_path):
     assert runs_root(cfg) == tmp_path / "experiments"
     cfg = compose_experiment("custom", [f"runs_dir={tmp_path}/elsewhere"])
     assert runs_root(cfg) == tmp_path / "elsewhere"
+
+
+def test_a_lossy_copy_of_the_data_is_named_not_a_variant():
+    runs = expand_runs(compose_experiment("custom", ["data.encoding=jpeg90", "data.root=/x"]))
+    assert runs[0].run.id == "resnet20-A-seed0-jpeg90" and runs[0].run.variant == ""
+    runs = expand_runs(compose_experiment("custom", ["data.root=/x"]))
+    assert runs[0].run.id == "resnet20-A-seed0"

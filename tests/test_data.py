@@ -106,3 +106,15 @@ def test_ranks_split_each_global_batch():
     for (x, y), (x0, y0), (x1, y1) in zip(whole.epoch(0), parts[0].epoch(0), parts[1].epoch(0)):
         assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
         assert torch.equal(x[0::2], x0)
+
+
+def test_a_declared_lossy_copy_names_the_data(fake_cifar):
+    from omegaconf import OmegaConf
+
+    from resnet_repro.data import build_cifar
+
+    cfg = OmegaConf.create({"sample": False, "root": str(fake_cifar), "download": False, "validation_size": 0,
+                            "pad": 4, "encoding": "jpeg90"})
+    assert build_cifar(cfg, 10, 10, torch.device("cpu"), 0).name == "cifar10_jpeg90"
+    cfg.encoding = "original"
+    assert build_cifar(cfg, 10, 10, torch.device("cpu"), 0).name == "cifar10"

@@ -373,3 +373,14 @@ def test_a_run_locked_by_another_process_is_skipped_not_shared(tmp_path):
         assert run_experiment(cfg, on_run=lambda c, r, status: seen.append(status)) == []
     assert seen == ["busy"] and not run.metrics.exists()
     assert run_experiment(cfg)[0]["status"] == "finished"
+
+
+def test_git_commit_falls_back_to_the_environment_without_git(monkeypatch):
+    from resnet_repro.results import git_commit
+
+    assert git_commit() not in ("unknown", "0123abcd")  # this checkout
+    monkeypatch.setenv("PATH", "")  # no git: as on a copy of the tree without .git
+    monkeypatch.setenv("RESNET_REPRO_GIT_COMMIT", "0123abcd")
+    assert git_commit() == "0123abcd"
+    monkeypatch.delenv("RESNET_REPRO_GIT_COMMIT")
+    assert git_commit() == "unknown"

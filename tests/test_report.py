@@ -296,3 +296,12 @@ def test_imagenet_depth_claim_reads_table2s_10crop_numbers(tmp_path):
              for m in center]
     claim = judge(tmp_path, report.imagenet_resnet34_beats_18_plain_does_not, *specs)
     assert claim.holds is True and "10-crop top-1 error" in claim.evidence and "plain-34 26.00%" in claim.evidence
+
+
+def test_dataset_text_names_lossy_copies_and_subsets():
+    from resnet_repro.report import dataset_text
+
+    assert dataset_text("cifar10") == ""
+    assert "JPEG quality 90" in dataset_text("cifar10_jpeg90") and "not the original pixels" in dataset_text(
+        "cifar10_jpeg90")
+    assert "not the paper's full data" in dataset_text("cifar10_sample")

@@ -32,6 +32,7 @@ _NEUTRAL_KEYS = {
     "data.root", "data.download", "model.arch", "model.n", "model.depth", "model.shortcut", "model.stride_on",
     "train.threads", "train.compile", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.eval_batch_size", "train.channels_last", "train.responses", "data.workers",
+    "data.encoding",  # named in the run id instead
 }
 
 
@@ -91,8 +92,9 @@ def variant_of(overrides: list[str]) -> str:
     return hashlib.sha1("\n".join(changing).encode()).hexdigest()[:6] if changing else ""
 
 
-def run_id(spec: ModelSpec, seed: int, variant: str, on_sample: bool = False) -> str:
-    return f"{spec.name}-seed{seed}" + ("-sample" if on_sample else "") + (f"-{variant}" if variant else "")
+def run_id(spec: ModelSpec, seed: int, variant: str, data_tag: str = "") -> str:
+    """`<net>-seed<k>[-<data>][-<variant>]`: `data` is `sample`, or a lossy copy's encoding (`jpeg90`)."""
+    return f"{spec.name}-seed{seed}" + (f"-{data_tag}" if data_tag else "") + (f"-{variant}" if variant else "")
 
 
 def resolve_sample(cfg: DictConfig) -> bool:
@@ -124,8 +126,10 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
             # a run on the sample is kept apart from the same run on the full data, except in the
             # profile that exists for the sample
             on_sample = run.data.sample and cfg.profile.name != "sample"
+            encoding = run.data.get("encoding", "original")
+            data_tag = "sample" if on_sample else "" if run.data.sample or encoding == "original" else encoding
             with open_dict(run):
-                run.run = {"id": run_id(spec, seed, variant, on_sample), "variant": variant,
+                run.run = {"id": run_id(spec, seed, variant, data_tag), "variant": variant,
                            "model_name": spec.name, "depth": spec.depth}
             if run.run.id not in seen:
                 seen.add(run.run.id)

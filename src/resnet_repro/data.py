@@ -211,6 +211,8 @@ def build_cifar(data_cfg, batch_size: int, eval_batch_size: int, device: torch.d
         arrays = read_bundled_sample()
     else:
         arrays = load_cifar10(data_root(data_cfg.root), bool(data_cfg.download))
+        if data_cfg.get("encoding", "original") != "original":
+            arrays.name = f"{arrays.name}_{data_cfg.encoding}"  # not the original pixels: say so in results
     if data_cfg.validation_size:
         arrays = hold_out_validation(arrays, int(data_cfg.validation_size))
     mean = arrays.train_images.float().div(255).mean(0)  # per-pixel mean image (Sec. 4.2)

@@ -115,7 +115,12 @@ def schedule_text(run) -> str:
 
 
 def dataset_text(dataset: str) -> str:
-    return "" if dataset in FULL_DATASETS else f"{dataset} (not the paper's full data)"
+    if dataset in FULL_DATASETS:
+        return ""
+    family, _, encoding = dataset.partition("_")
+    if family in FULL_DATASETS and encoding.startswith("jpeg"):  # data.encoding: every image, lossy pixels
+        return f"{dataset} (all of {family}, re-encoded as JPEG quality {encoding[4:]}: not the original pixels)"
+    return f"{dataset} (not the paper's full data)"
 
 
 def pretty(model: str) -> str:

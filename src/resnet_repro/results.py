@@ -50,7 +50,12 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+GIT_COMMIT_ENV = "RESNET_REPRO_GIT_COMMIT"  # for a copy of the checkout without .git (a GPU box, a container)
+
+
 def git_commit() -> str:
+    """The checkout's commit, `-dirty` if src/conf/pyproject differ from it; else $RESNET_REPRO_GIT_COMMIT."""
+    fallback = os.environ.get(GIT_COMMIT_ENV, "unknown")
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -59,10 +64,10 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
                                 "src", "conf", "pyproject.toml"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
-            return "unknown"
+            return fallback
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def device_name(device: torch.device) -> str:
