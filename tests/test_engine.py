@@ -384,3 +384,14 @@ def test_git_commit_falls_back_to_the_environment_without_git(monkeypatch):
     assert git_commit() == "0123abcd"
     monkeypatch.delenv("RESNET_REPRO_GIT_COMMIT")
     assert git_commit() == "unknown"
+
+
+def test_compile_setting_is_a_mode_or_off():
+    from resnet_repro.train import compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_mode("auto", cpu) is None and compile_mode("auto", cuda) == "default"
+    assert compile_mode(True, cpu) == "default" and compile_mode(False, cuda) is None
+    assert compile_mode("reduce-overhead", cuda) == "reduce-overhead"
+    with pytest.raises(UserError, match="train.compile='fast'"):
+        compile_mode("fast", cuda)

@@ -18,7 +18,7 @@ from resnet_repro.train import Engine, evaluate
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
-CPU = Engine(device=torch.device("cpu"), amp=False, channels_last=False, compile=False)
+CPU = Engine(device=torch.device("cpu"), amp=False, channels_last=False, compile=None)
 SIZES = imagenet.Sizes((40, 48), 32, 36, (32, 48))
 
 

@@ -164,7 +164,7 @@ def run_bench(
     if engine.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.train)
-    step_model = torch.compile(model) if engine.compile else model
+    step_model = torch.compile(model, mode=engine.compile) if engine.compile else model
     ours_batches = _forever(loader.epoch)
     window = torch.zeros(3, device=dev)
     iteration = itertools.count()
@@ -174,6 +174,8 @@ def run_bench(
         x, y = next(ours_batches)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(next(iteration), cfg.train, warming_up=False)
+        if engine.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         window += train_step(step_model, optimizer, x, y, engine)
         return y.shape[0]
 
@@ -190,7 +192,7 @@ def run_bench(
         log(f"round {r}/{rounds}: {count} steps each")
     ref_ips, ours_ips = (totals[k][0] / totals[k][1] for k in ("ref", "ours"))
     ours_parts = [p for p, on in (("bf16 autocast", engine.amp), ("channels_last", engine.channels_last),
-                                  ("torch.compile", engine.compile)) if on]
+                                  (f"torch.compile ({engine.compile})", engine.compile)) if on]
     result = BenchResult(
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=device_name(dev),
         torch=torch.__version__, model=model_name, batch=batch_size, data=what,

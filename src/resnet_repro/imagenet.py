@@ -645,7 +645,7 @@ def _eval_engine(device: str):
     from .train import Engine, select_device
 
     dev = select_device(device)
-    return Engine(device=dev, amp=dev.type in ("cuda", "cpu"), channels_last=True, compile=False)
+    return Engine(device=dev, amp=dev.type in ("cuda", "cpu"), channels_last=True, compile=None)
 
 
 def ensemble_eval(paths: Sequence[Path], protocol: str = "10crop", data_dir: Path | None = None,

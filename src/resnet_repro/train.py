@@ -35,7 +35,7 @@ class Engine:
     device: torch.device
     amp: bool  # bf16 autocast
     channels_last: bool
-    compile: bool
+    compile: str | None  # a torch.compile mode ("default", "reduce-overhead" = CUDA graphs), None = eager
     rank: int = 0
     world: int = 1
     cpu_group: object = None  # DDP: a gloo group for host-side agreement (stop flag) that never syncs the GPU
@@ -53,6 +53,21 @@ class Engine:
 
 def _auto(value, default: bool) -> bool:
     return default if value == "auto" else bool(value)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value, device: torch.device) -> str | None:
+    """`train.compile`: auto (on for CUDA), true/false, or a torch.compile mode. reduce-overhead replays
+    the step as CUDA graphs: a small CIFAR net is otherwise bound by kernel launches, not the GPU."""
+    if value == "auto":
+        value = device.type == "cuda"
+    if isinstance(value, bool):
+        return "default" if value else None
+    if value not in COMPILE_MODES:
+        raise UserError(f"train.compile={value!r}: use auto, true, false or one of {', '.join(COMPILE_MODES)}")
+    return value
 
 
 def is_main_process() -> bool:
@@ -97,7 +112,7 @@ def setup_engine(cfg: DictConfig) -> Engine:
         device=device,
         amp=_auto(t.amp, device.type in ("cuda", "cpu")),
         channels_last=_auto(t.channels_last, True),
-        compile=_auto(t.compile, device.type == "cuda"),
+        compile=compile_mode(t.compile, device),
         rank=rank,
         world=world,
         cpu_group=cpu_group,
@@ -314,7 +329,7 @@ def fit(cfg: DictConfig, run: RunDir, data, engine: Engine, on_row: Callable[[di
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[engine.device.index]
                                                          if engine.device.type == "cuda" else None)
     if engine.compile:
-        step_model = torch.compile(step_model)
+        step_model = torch.compile(step_model, mode=engine.compile)
 
     it, rows, warmup_done = state["iteration"], state["rows"], state["warmup_done"]
     window = torch.tensor(state["window"], device=engine.device)
@@ -345,6 +360,8 @@ def fit(cfg: DictConfig, run: RunDir, data, engine: Engine, on_row: Callable[[di
             lr = lr_at(it, t, warming_up=not warmup_done, plateau_drops=plateau_drops)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if engine.compile == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs are no longer read
             step = train_step(step_model, optimizer, x, y, engine)
             window += step
             it += 1
