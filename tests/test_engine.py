@@ -391,6 +391,7 @@ def test_compile_setting_is_a_mode_or_off():
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert compile_mode("auto", cpu) is None and compile_mode("auto", cuda) == "default"
+    assert compile_mode("auto", cuda, graphs=True) == "reduce-overhead" and compile_mode("auto", cpu, True) is None
     assert compile_mode(True, cpu) == "default" and compile_mode(False, cuda) is None
     assert compile_mode("reduce-overhead", cuda) == "reduce-overhead"
     with pytest.raises(UserError, match="train.compile='fast'"):

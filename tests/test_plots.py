@@ -211,3 +211,15 @@ def test_regenerating_unchanged_runs_writes_identical_files(runs, results):
     time.sleep(1.1)  # a PDF creation date (seconds) would now differ
     again = plots.plot_figure("fig1", runs, results, formats=("png", "pdf"))
     assert [p.read_bytes() for p in again.paths] == before  # so committed figures only change with the runs
+
+
+def test_each_profile_gets_its_own_figure_never_a_mix(runs, results):
+    make_run(runs, "budget", "plain20")
+    make_run(runs, "budget", "plain56")
+    make_run(runs, "paper", "plain20")
+    out = plots.plot_figures("fig1", runs, results, formats=PNG)
+    # the profile covering more of the figure's nets is the main file, even against the paper's schedule
+    assert [[p.name for p in r.paths] for r in out] == [["fig1.png"], ["fig1-paper.png"]]
+    assert out[0].drawn == ["budget/plain20-seed0", "budget/plain56-seed0"]
+    assert out[1].drawn == ["paper/plain20-seed0"] and out[1].partial
+    assert [r.paths[0].name for r in plots.plot_figures("fig1", runs, results, "paper", PNG)] == ["fig1.png"]

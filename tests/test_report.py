@@ -305,3 +305,22 @@ def test_dataset_text_names_lossy_copies_and_subsets():
     assert "JPEG quality 90" in dataset_text("cifar10_jpeg90") and "not the original pixels" in dataset_text(
         "cifar10_jpeg90")
     assert "not the paper's full data" in dataset_text("cifar10_sample")
+
+
+def test_a_running_run_reports_how_far_its_metrics_got(runs):
+    make_run(runs, "budget", "resnet110-A", status="running", n_points=3, iterations_done=0)  # summary at start
+    [row] = report.load_runs(runs).itertuples()
+    assert row.iterations_done == report.load_metrics(row.path).iteration.max() > 0
+
+
+def test_readme_judges_a_claim_in_each_setting_that_can(runs, results):
+    for profile, e20, e56 in (("paper", 9.0, 7.0), ("budget", 15.0, 20.0)):
+        make_run(runs, profile, "resnet20-A", final_error=e20)
+        make_run(runs, profile, "resnet56-A", final_error=e56)
+    make_run(runs, "smoke", "resnet20-A", final_error=50.0)  # one depth only: cannot judge, left out
+    claims = report.judge_by_setting(report.load_runs(runs), report.resnet_error_falls_with_depth)
+    assert [c.holds for c in claims] == [True, False]
+    assert "profile `paper`" in claims[0].evidence and "profile `budget`" in claims[1].evidence
+    text = report.write_readme(runs, results).read_text()
+    assert "- ResNet test error falls with depth up to 110 layers (Table 6):\n  - **holds**. " in text
+    assert "\n  - **does not hold**. " in text and "smoke" not in text.split("## The paper's claims")[1]

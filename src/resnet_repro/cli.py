@@ -152,7 +152,8 @@ def _report(cfg, names: list[str]) -> None:
         from . import plots
 
         for name in figures:
-            _print_figure(plots.plot_figure(name, runs_dir, results_dir))
+            for result in plots.plot_figures(name, runs_dir, results_dir):
+                _print_figure(result)
 
 
 def _print_figure(result) -> None:
@@ -253,7 +254,8 @@ def plot(
     for name in names:
         if name not in plots.FIGURES:
             raise UserError(f"unknown figure {name!r}: choose one of {', '.join(plots.FIGURES)} or all")
-        _print_figure(plots.plot_figure(name, runs, results_dir, profile=profile))
+        for result in plots.plot_figures(name, runs, results_dir, profile=profile):
+            _print_figure(result)
 
 
 @app.command()

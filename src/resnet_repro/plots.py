@@ -1,7 +1,8 @@
 """Figures 1, 4, 6 and 7 of He et al. 2015, redrawn from run directories (metrics.csv, responses.csv).
 
-Each net is drawn from one run: the best profile available (the paper's schedule first, else the profile
-covering most of the figure's nets), finished runs before unfinished ones, then the lowest seed. Titles
+A figure draws one profile (schedule), never a mix: `<fig>.png` the profile covering most of its nets
+(the paper's schedule first on ties), `<fig>-<profile>.png` each other profile with runs to draw. Each
+net is drawn from one run: finished runs before unfinished ones, then the lowest seed. Titles
 and captions name the runs, their schedule, data and seeds; a figure lacking runs is drawn with what
 exists, marked partial, and `FigureResult.missing` says which command makes the rest.
 """
@@ -52,19 +53,40 @@ class FigureResult:
 
 def plot_all(runs_dir: Path, results_dir: Path, profile: str | None = None,
              formats: tuple[str, ...] = ("png", "pdf")) -> list[FigureResult]:
-    return [plot_figure(name, runs_dir, results_dir, profile, formats) for name in FIGURES]
+    return [result for name in FIGURES for result in plot_figures(name, runs_dir, results_dir, profile, formats)]
+
+
+def plot_figures(name: str, runs_dir: Path, results_dir: Path, profile: str | None = None,
+                 formats: tuple[str, ...] = ("png", "pdf")) -> list[FigureResult]:
+    """Figure `name` once per profile with runs to draw (only `profile` if given): the profile covering
+    most of its nets as `<name>.png`, every other one as `<name>-<profile>.png`."""
+    if profile:
+        return [plot_figure(name, runs_dir, results_dir, profile, formats)]
+    runs, load = _figure_runs(name, runs_dir)
+    required = _NETS[name][1]
+    coverage = {p: sum(m in select_runs(runs, required, p, load)[0] for m in required) for p in rank_profiles(runs)}
+    coverage = {p: n for p, n in coverage.items() if n}
+    if len(coverage) <= 1:
+        return [plot_figure(name, runs_dir, results_dir, None, formats)]
+    main, *others = sorted(coverage, key=lambda p: -coverage[p])  # stable: rank_profiles breaks ties
+    return [plot_figure(name, runs_dir, results_dir, main, formats),
+            *(plot_figure(name, runs_dir, results_dir, p, formats, stem=f"{name}-{p}") for p in others)]
+
+
+def _figure_runs(name: str, runs_dir: Path):
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure {name!r}: choose one of {', '.join(FIGURES)}")
+    runs = load_runs(runs_dir)
+    runs = runs[(runs.family == _NETS[name][0]) & ~runs.ensemble]
+    return runs, load_responses if name == "fig7" else load_metrics
 
 
 def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | None = None,
-                formats: tuple[str, ...] = ("png", "pdf")) -> FigureResult:
+                formats: tuple[str, ...] = ("png", "pdf"), stem: str | None = None) -> FigureResult:
     """Draw figure `name` from the runs under `runs_dir` (only `profile`'s if given) into
-    `results_dir/<name>.png` and `.pdf` (or the given `formats`)."""
-    if name not in FIGURES:
-        raise ValueError(f"unknown figure {name!r}: choose one of {', '.join(FIGURES)}")
-    family, required, optional = _NETS[name]
-    runs = load_runs(runs_dir)
-    runs = runs[(runs.family == family) & ~runs.ensemble]
-    load = load_responses if name == "fig7" else load_metrics
+    `results_dir/<stem>.png` and `.pdf` (or the given `formats`); `stem` defaults to `name`."""
+    runs, load = _figure_runs(name, runs_dir)
+    _, required, optional = _NETS[name]
     picked, data, notes = select_runs(runs, [*required, *optional], profile, load)
     # missing runs are best made in the profile the figure draws (else the one the family's runs use)
     command_profile = profile or (rank_profiles(pd.DataFrame(picked.values())) or rank_profiles(runs) or [None])[0]
@@ -80,7 +102,7 @@ def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | Non
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     for suffix in formats:
-        path = results_dir / f"{name}.{suffix}"
+        path = results_dir / f"{stem or name}.{suffix}"
         buffer = io.BytesIO()
         # no creation date in the PDF, so regenerating unchanged runs leaves the committed files unchanged
         fig.savefig(buffer, format=suffix, dpi=150, metadata={"CreationDate": None} if suffix == "pdf" else None)

@@ -59,7 +59,7 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
             "full_schedule": bool(s.get("full_schedule", False)), "dataset": s.get("dataset", ""),
             "model": model.get("name", ""), "family": model.get("family", ""), "arch": model.get("arch", ""),
             "depth": model.get("depth"), "shortcut": model.get("shortcut", ""), "params": s.get("params"),
-            "seed": s.get("seed", 0), "iterations": s.get("iterations"), "iterations_done": s.get("iterations_done"),
+            "seed": s.get("seed", 0), "iterations": s.get("iterations"), "iterations_done": _iterations_done(s, path),
             "final_train_error": s.get("final_train_error"), "final_test_error": s.get("final_test_error"),
             "final_test_top5_error": s.get("final_test_top5_error"),
             "eval_protocol": s.get("eval_protocol") or "single", "wall_s": s.get("wall_s") or 0.0,
@@ -72,6 +72,15 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     runs[_NUMERIC] = runs[_NUMERIC].apply(pd.to_numeric, errors="coerce")
     return runs.astype({"full_schedule": bool, "ensemble": bool})
+
+
+def _iterations_done(summary: dict, path: Path):
+    """A running run rewrites summary.json only when it stops; its metrics rows say how far it is."""
+    done = summary.get("iterations_done")
+    if summary.get("status") == "finished":
+        return done
+    logged = load_metrics(path.parent).iteration.max()
+    return max(done or 0, int(logged)) if pd.notna(logged) else done
 
 
 def load_metrics(run_dir: Path) -> pd.DataFrame:
@@ -354,6 +363,8 @@ def _preamble(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     if not labels:
         out += ["No finished runs yet: every row of ours is missing (its note says which command makes it).", ""]
     out += [f"- profile `{profile}`: {label}." for profile, label in labels]
+    out += [f"- dataset `{d}`: {dataset_text(d).partition(' (')[2].rstrip(')')}." for d in dict.fromkeys(ours.dataset)
+            if dataset_text(d)]
     if not ours.full_schedule.astype(bool).all():
         out += ["", "Shortened, sample and proxy runs are not the paper's schedule: their numbers show the trend, "
                 "not the paper's values."]
@@ -506,6 +517,16 @@ def imagenet_resnet34_beats_18_plain_does_not(runs: pd.DataFrame) -> Claim:
     return Claim(None, "needs finished ImageNet plain-18/34 and ResNet-18/34 (option A) runs in one profile")
 
 
+def judge_by_setting(runs: pd.DataFrame, check: Callable[[pd.DataFrame], Claim]) -> list[Claim]:
+    """`check` on each (profile, dataset) of finished runs on its own, best setting first; the settings
+    that cannot judge it are left out, and if none can, the one 'not enough data' answer remains."""
+    done = finished(runs)
+    settings = [(p, d) for p in rank_profiles(done)
+                for d in sorted(set(done[done.profile == p].dataset), key=lambda d: (d not in FULL_DATASETS, d))]
+    claims = [check(runs[(runs.profile == p) & (runs.dataset == d)]) for p, d in settings]
+    return [c for c in claims if c.holds is not None] or [check(runs)]
+
+
 CLAIMS: list[tuple[str, Callable[[pd.DataFrame], Claim]]] = [
     ("plain-56 has higher training error than plain-20 (Fig. 1, the degradation problem)", plain_deeper_trains_worse),
     ("plain-56 has higher test error than plain-20 (Fig. 1)", plain_deeper_tests_worse),
@@ -538,19 +559,29 @@ def write_readme(runs_dir: Path, results_dir: Path) -> Path:
     lines += [f"- [{_title(p)}]({p.name}) ([csv]({p.stem}.csv))" for p in tables] or ["None yet."]
     lines += ["", "## Figures", ""]
     figures = sorted(results_dir.glob("fig*.png"), key=lambda p: p.stem)
-    lines += [f"- [{_FIGURE_TITLES.get(p.stem, p.stem)}]({p.name})"
+    lines += [f"- [{_figure_title(p.stem)}]({p.name})"
               + (f" ([pdf]({p.stem}.pdf))" if (results_dir / f"{p.stem}.pdf").exists() else "")
               for p in figures] or ["None yet."]
     lines += ["", "## Runs behind them", "", *_runs_section(runs), "", "## The paper's claims, checked from our runs",
-              "", "Judged on finished runs without extra overrides, in the best profile that has the runs needed "
-              "(the paper's schedule first). A claim judged on a shortened run says so.", ""]
+              "", "Judged on finished runs without extra overrides, separately in each profile and dataset that has "
+              "the runs needed (the paper's schedule first). A claim judged on a shortened run says so.", ""]
     verdicts = {True: "**holds**", False: "**does not hold**", None: "not enough data"}
     for statement, check in CLAIMS:
-        claim = check(runs)
-        lines.append(f"- {statement}: {verdicts[claim.holds]}. {claim.evidence}.")
+        claims = judge_by_setting(runs, check)
+        if len(claims) == 1:
+            lines.append(f"- {statement}: {verdicts[claims[0].holds]}. {claims[0].evidence}.")
+        else:
+            lines.append(f"- {statement}:")
+            lines += [f"  - {verdicts[c.holds]}. {c.evidence}." for c in claims]
     path = results_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _figure_title(stem: str) -> str:
+    name, _, profile = stem.partition("-")  # plots.plot_figures: fig6-paper is Fig. 6 from profile paper
+    title = _FIGURE_TITLES.get(name, name)
+    return f"{title}, profile `{profile}`" if profile else title
 
 
 def _title(md: Path) -> str:

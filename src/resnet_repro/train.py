@@ -58,11 +58,12 @@ def _auto(value, default: bool) -> bool:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def compile_mode(value, device: torch.device) -> str | None:
-    """`train.compile`: auto (on for CUDA), true/false, or a torch.compile mode. reduce-overhead replays
-    the step as CUDA graphs: a small CIFAR net is otherwise bound by kernel launches, not the GPU."""
+def compile_mode(value, device: torch.device, graphs: bool = False) -> str | None:
+    """`train.compile`: true/false, a torch.compile mode, or auto: off on CPU, on for CUDA, as CUDA graphs
+    (reduce-overhead) where `graphs`. A small CIFAR net on one GPU is bound by kernel launches, not the GPU:
+    ResNet-20 on an H200 trained 34.0k images/s with CUDA graphs, 11.8k with the default mode."""
     if value == "auto":
-        value = device.type == "cuda"
+        value = ("reduce-overhead" if graphs else True) if device.type == "cuda" else False
     if isinstance(value, bool):
         return "default" if value else None
     if value not in COMPILE_MODES:
@@ -112,7 +113,7 @@ def setup_engine(cfg: DictConfig) -> Engine:
         device=device,
         amp=_auto(t.amp, device.type in ("cuda", "cpu")),
         channels_last=_auto(t.channels_last, True),
-        compile=compile_mode(t.compile, device),
+        compile=compile_mode(t.compile, device, graphs=cfg.data.family == "cifar" and world == 1),
         rank=rank,
         world=world,
         cpu_group=cpu_group,
