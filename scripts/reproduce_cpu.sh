@@ -30,6 +30,7 @@ second_queue() {
   rr sweep cifar --n 5 --arch plain profile=budget train.threads=1 --data-dir "$CIFAR"
   rr sweep cifar --n 9 --arch resnet profile=budget train.threads=1 --data-dir "$CIFAR"
   rr run fig7 profile=budget train.threads=1 --data-dir "$CIFAR"
+  rr sweep cifar --n 18 --arch resnet profile=budget seed=1 train.threads=1 --data-dir "$CIFAR"
   rr run fig6 profile=budget train.threads=1 --data-dir "$CIFAR"
 }
 

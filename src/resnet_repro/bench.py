@@ -135,7 +135,9 @@ def run_bench(
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     arrays = read_bundled_sample() if sample else load_cifar10(data_root(cfg.data.root), download=False)
     images, labels = arrays.train_images, arrays.train_labels
-    what = f"{len(labels):,} CIFAR-10 images" + (" (bundled sample)" if sample else "")
+    encoding = cfg.data.get("encoding", "original")
+    what = f"{len(labels):,} CIFAR-10 images" + (" (bundled sample)" if sample else "" if encoding == "original"
+                                                 else f" ({encoding} copy)")
     model_name = expand_runs(cfg)[0].run.model_name
     log(f"bench: {model_name}, batch {batch_size}, {what}, {device_name(dev)}, torch {torch.__version__}")
 
