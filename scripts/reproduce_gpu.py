@@ -97,7 +97,7 @@ def main() -> None:
                       flush=True)
                 retried.add(run_id)
                 launch(run_id, run, total, [*commands[run_id], "train.compile=false"])
-            if jobs[run_id][0].poll() is not None:
+            if jobs[run_id][0].poll() is not None or run_id in stopped:  # stopped: saving its checkpoint
                 continue
             done, rate = progress(run)
             eta = (total - done) / rate if rate else None
@@ -107,7 +107,7 @@ def main() -> None:
                 late.append((eta, run_id))
         if left <= 0:
             for run_id, (proc, _, _) in jobs.items():
-                if proc.poll() is None:
+                if proc.poll() is None and run_id not in stopped:
                     print(f"deadline: stopping {run_id}", flush=True)
                     stopped.add(run_id)
                     proc.send_signal(signal.SIGTERM)
