@@ -58,15 +58,30 @@ def friendly_errors(fn: Callable) -> Callable:
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            _end_process_group(together=True)
+            return result
         except Interrupted as e:
             err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
             raise typer.Exit(130)
         except UserError as e:
             err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
+        finally:
+            _end_process_group()
 
     return wrapper
+
+
+def _end_process_group(together: bool = False) -> None:
+    """Under torchrun, end the process group before the process exits, after a good run all ranks at
+    once (rank 0 writes the reports last): a rank leaving while a peer still holds the group can abort
+    ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")  # never imported: nothing to end, and no torch import
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def parse_ints(text: str, what: str) -> list[int]:
