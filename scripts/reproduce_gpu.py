@@ -15,7 +15,6 @@ torch.compile is what broke on this GPU's software. Finished runs are ordinary r
 from __future__ import annotations
 
 import argparse
-import csv
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from resnet_repro.config import compose_experiment, expand_runs, runs_root
 from resnet_repro.errors import UserError
+from resnet_repro.report import load_metrics
 from resnet_repro.results import RunDir
 from resnet_repro.train import Interrupted
 
@@ -41,16 +41,12 @@ def worker(overrides: list[str]) -> None:
 
 def progress(run: RunDir) -> tuple[int, float | None]:
     """(iterations done, iterations per second over the last two metrics rows)."""
-    try:
-        with open(run.metrics) as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return 0, None
+    rows = load_metrics(run.path)
     if len(rows) < 2:
-        return (int(rows[-1]["iteration"]) if rows else 0), None
-    a, b = rows[-2], rows[-1]
-    dt = float(b["wall_s"]) - float(a["wall_s"])
-    return int(b["iteration"]), (int(b["iteration"]) - int(a["iteration"])) / dt if dt > 0 else None
+        return (int(rows.iteration.iloc[-1]) if len(rows) else 0), None
+    a, b = rows.iloc[-2], rows.iloc[-1]
+    dt = b.wall_s - a.wall_s
+    return int(b.iteration), (b.iteration - a.iteration) / dt if dt > 0 else None
 
 
 def main() -> None:

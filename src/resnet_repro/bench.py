@@ -176,8 +176,6 @@ def run_bench(
         x, y = next(ours_batches)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(next(iteration), cfg.train, warming_up=False)
-        if engine.compile == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()
         window += train_step(step_model, optimizer, x, y, engine)
         return y.shape[0]
 

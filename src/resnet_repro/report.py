@@ -123,13 +123,18 @@ def schedule_text(run) -> str:
     return f"{run.profile_label}, not the paper's schedule"
 
 
-def dataset_text(dataset: str) -> str:
+def dataset_note(dataset: str) -> str:
+    """How `dataset` differs from the paper's data ("" where it does not)."""
     if dataset in FULL_DATASETS:
         return ""
     family, _, encoding = dataset.partition("_")
     if family in FULL_DATASETS and encoding.startswith("jpeg"):  # data.encoding: every image, lossy pixels
-        return f"{dataset} (all of {family}, re-encoded as JPEG quality {encoding[4:]}: not the original pixels)"
-    return f"{dataset} (not the paper's full data)"
+        return f"all of {family}, re-encoded as JPEG quality {encoding[4:]}: not the original pixels"
+    return "not the paper's full data"
+
+
+def dataset_text(dataset: str) -> str:
+    return f"{dataset} ({dataset_note(dataset)})" if dataset_note(dataset) else ""
 
 
 def pretty(model: str) -> str:
@@ -363,8 +368,7 @@ def _preamble(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     if not labels:
         out += ["No finished runs yet: every row of ours is missing (its note says which command makes it).", ""]
     out += [f"- profile `{profile}`: {label}." for profile, label in labels]
-    out += [f"- dataset `{d}`: {dataset_text(d).partition(' (')[2].rstrip(')')}." for d in dict.fromkeys(ours.dataset)
-            if dataset_text(d)]
+    out += [f"- dataset `{d}`: {dataset_note(d)}." for d in dict.fromkeys(ours.dataset) if dataset_note(d)]
     if not ours.full_schedule.astype(bool).all():
         out += ["", "Shortened, sample and proxy runs are not the paper's schedule: their numbers show the trend, "
                 "not the paper's values."]

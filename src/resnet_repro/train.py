@@ -195,6 +195,8 @@ def build_optimizer(model: nn.Module, train_cfg: DictConfig) -> torch.optim.SGD:
 
 def train_step(model, optimizer, x, y, engine: Engine) -> torch.Tensor:
     """One SGD step. Returns (loss sum, wrong, count) on the device: no host sync here."""
+    if engine.compile == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
     with engine.autocast():
         logits = model(engine.prepare(x))
         loss = F.cross_entropy(logits.float(), y)
@@ -361,8 +363,6 @@ def fit(cfg: DictConfig, run: RunDir, data, engine: Engine, on_row: Callable[[di
             lr = lr_at(it, t, warming_up=not warmup_done, plateau_drops=plateau_drops)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if engine.compile == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs are no longer read
             step = train_step(step_model, optimizer, x, y, engine)
             window += step
             it += 1
