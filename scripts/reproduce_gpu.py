@@ -25,7 +25,7 @@ from resnet_repro.config import compose_experiment, expand_runs, runs_root
 from resnet_repro.errors import UserError
 from resnet_repro.report import load_metrics
 from resnet_repro.results import RunDir
-from resnet_repro.train import Interrupted
+from resnet_repro.errors import Interrupted
 
 
 def worker(overrides: list[str]) -> None:
@@ -47,6 +47,22 @@ def progress(run: RunDir) -> tuple[int, float | None]:
     a, b = rows.iloc[-2], rows.iloc[-1]
     dt = b.wall_s - a.wall_s
     return int(b.iteration), (b.iteration - a.iteration) / dt if dt > 0 else None
+
+
+def plan_stops(elapsed: float, deadline: float, etas: dict[str, float | None], since_last_stop: float,
+               check: float, slack: float) -> tuple[list[str], str]:
+    """Which running runs to stop now, and why ("deadline" or "late"). At the deadline every run stops;
+    before it, only the one furthest from finishing among those that cannot make it (needing more than
+    `slack` times the time left), and not sooner than two checks after the last stop, so the others
+    have time to speed up first. A pure function of the clock and the projections, so tests drive it
+    with made-up numbers instead of this CPU's speed."""
+    left = deadline - elapsed
+    if left <= 0:
+        return list(etas), "deadline"
+    late = [(eta, run_id) for run_id, eta in etas.items() if eta is not None and eta > slack * left]
+    if late and since_last_stop >= 2 * check:
+        return [max(late)[1]], "late"
+    return [], ""
 
 
 def main() -> None:
@@ -86,7 +102,7 @@ def main() -> None:
         time.sleep(args.check)
         elapsed = time.monotonic() - start
         left = args.deadline - elapsed
-        late = []
+        etas = {}
         for run_id, (proc, run, total) in list(jobs.items()):
             if proc.poll() not in (None, 0) and run_id not in stopped | retried and left > 0:
                 print(f"{elapsed:6.0f}s {run_id} failed (exit {proc.returncode}); again without torch.compile",
@@ -96,24 +112,18 @@ def main() -> None:
             if jobs[run_id][0].poll() is not None or run_id in stopped:  # stopped: saving its checkpoint
                 continue
             done, rate = progress(run)
-            eta = (total - done) / rate if rate else None
-            print(f"{elapsed:6.0f}s {run_id}: {done}/{total}" + (f", {rate:.1f} it/s, eta {eta:.0f}s" if eta else ""),
-                  flush=True)
-            if eta is not None and eta > args.slack * left:
-                late.append((eta, run_id))
-        if left <= 0:
-            for run_id, (proc, _, _) in jobs.items():
-                if proc.poll() is None and run_id not in stopped:
-                    print(f"deadline: stopping {run_id}", flush=True)
-                    stopped.add(run_id)
-                    proc.send_signal(signal.SIGTERM)
-            break
-        if late and elapsed - last_stop >= 2 * args.check:  # give the others time to speed up first
-            _, run_id = max(late)
-            print(f"{elapsed:6.0f}s stopping {run_id}: it cannot finish in the {left:.0f}s left", flush=True)
+            etas[run_id] = (total - done) / rate if rate else None
+            print(f"{elapsed:6.0f}s {run_id}: {done}/{total}"
+                  + (f", {rate:.1f} it/s, eta {etas[run_id]:.0f}s" if rate else ""), flush=True)
+        to_stop, why = plan_stops(elapsed, args.deadline, etas, elapsed - last_stop, args.check, args.slack)
+        for run_id in to_stop:
+            print(f"deadline: stopping {run_id}" if why == "deadline" else
+                  f"{elapsed:6.0f}s stopping {run_id}: it cannot finish in the {left:.0f}s left", flush=True)
             jobs[run_id][0].send_signal(signal.SIGTERM)
             stopped.add(run_id)
             last_stop = elapsed
+        if why == "deadline":
+            break
     for run_id, (proc, run, _) in jobs.items():
         try:
             proc.wait(timeout=60)

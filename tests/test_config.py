@@ -1,7 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from resnet_repro.config import compose_experiment, config_dir, expand_runs, list_group, runs_root, variant_of
+from resnet_repro.config import (compose_experiment, config_dir, expand_runs, keeps_schedule, list_group, runs_root,
+                                 variant_of)
 from resnet_repro.errors import UserError
 
 
@@ -42,6 +43,8 @@ def test_variants_name_overrides_that_change_results():
     tag = variant_of(["train.lr=0.05"])
     assert tag and tag == variant_of(["+train.lr=0.05"]) and tag != variant_of(["train.lr=0.02"])
     assert variant_of(["train.amp=true"]) == variant_of(["train.amp=True"])  # typed vs Hydra's multirun
+    assert variant_of(["train.amp=false"]) == "fp32" and variant_of(["train.amp=auto"]) == ""
+    assert variant_of(["train.amp=false", "train.lr=0.05"]) == f"fp32-{tag}"
     runs = expand_runs(compose_experiment("custom", ["train.lr=0.05"]))
     assert runs[0].run.id == f"resnet20-A-seed0-{tag}"
 
@@ -86,3 +89,10 @@ def test_a_lossy_copy_of_the_data_is_named_not_a_variant():
     assert runs[0].run.id == "resnet20-A-seed0-jpeg90" and runs[0].run.variant == ""
     runs = expand_runs(compose_experiment("custom", ["data.root=/x"]))
     assert runs[0].run.id == "resnet20-A-seed0"
+
+
+def test_a_precision_control_is_still_the_papers_schedule_a_shorter_one_is_not():
+    assert keeps_schedule(["train.amp=false", "profile=paper", "seed=2"])
+    assert not keeps_schedule(["train.iterations=1000"]) and not keeps_schedule(["train.amp=false", "train.lr=0.2"])
+    [run] = expand_runs(compose_experiment("custom", ["train.amp=false"]))
+    assert run.run.id == "resnet20-A-seed0-fp32" and run.run.keeps_schedule

@@ -26,7 +26,8 @@ from resnet_repro.data import build_data
 from resnet_repro.errors import TrainingDiverged, UserError
 from resnet_repro.models import build_model
 from resnet_repro.results import RunDir
-from resnet_repro.train import Interrupted, StopFlag, fit, lr_at, setup_engine
+from resnet_repro.errors import Interrupted
+from resnet_repro.train import StopFlag, fit, lr_at, setup_engine
 
 TIMING = {"images_per_s", "wall_s"}
 TINY = ["model.n=1", "data.sample=true", "device=cpu", "train.responses=false", "train.batch_size=32",
@@ -355,7 +356,8 @@ def test_bench_times_both_pipelines_and_appends_a_row(tmp_path):
     with open(tmp_path / "bench.csv") as f:
         [row] = list(csv.DictReader(f))
     assert row["model"] == "resnet8-A" and row["batch"] == "16" and float(row["ours_images_per_s"]) > 0
-    assert row["torch"] == torch.__version__ and row["git_commit"]
+    assert row["torch"] == torch.__version__ and row["git_commit"] and row["precision"].startswith(("bf16", "fp32"))
+    assert any(line.startswith("precision (ours): ") for line in lines)
 
 
 def test_a_run_locked_by_another_process_is_skipped_not_shared(tmp_path):
@@ -396,3 +398,28 @@ def test_compile_setting_is_a_mode_or_off():
     assert compile_mode("reduce-overhead", cuda) == "reduce-overhead"
     with pytest.raises(UserError, match="train.compile='fast'"):
         compile_mode("fast", cuda)
+
+
+# --- precision: bf16 only where the hardware runs it natively ------------------------------------
+
+AVX2_ONLY = {"capability": "AVX2", "avx512_bf16": False, "amx": False, "onednn_bf16": False}
+SAPPHIRE_RAPIDS = {"capability": "AVX512", "avx512_bf16": True, "amx": True, "onednn_bf16": True}
+
+
+@pytest.mark.parametrize("cpu, bf16", [
+    (AVX2_ONLY, False),
+    (SAPPHIRE_RAPIDS, True),
+    ({**SAPPHIRE_RAPIDS, "capability": "AVX2", "onednn_bf16": False}, False),  # capped: ATEN_CPU_CAPABILITY=avx2
+    ({**AVX2_ONLY, "capability": "AVX512", "onednn_bf16": True}, False),  # AVX-512 that only emulates bf16
+])
+def test_auto_precision_follows_the_cpu(monkeypatch, tmp_path, cpu, bf16):
+    from resnet_repro import hardware
+
+    monkeypatch.setattr(hardware, "cpu_features", lambda: cpu)
+    amp, reason = train.choose_amp("auto", torch.device("cpu"))
+    assert amp is bf16 and reason.startswith("auto: bf16, native" if bf16 else "auto: fp32, bf16 not native")
+    assert train.choose_amp(True, torch.device("cpu"))[0] and not train.choose_amp(False, torch.device("cpu"))[0]
+    cfg = compose_experiment("custom", ["profile=smoke", *TINY, f"runs_dir={tmp_path}"])
+    [summary] = runner.run_experiment(cfg)  # the run's summary says which precision it used and why
+    assert summary["amp"] is bf16 and summary["amp_reason"] == reason
+    assert ("no native bf16" in summary["device"]) is not bf16

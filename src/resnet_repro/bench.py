@@ -34,7 +34,7 @@ from .train import build_optimizer, lr_at, setup_engine, train_step
 PAPER_ITERATIONS = 64_000  # the CIFAR-10 schedule of Sec. 4.2
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # what the reimplementations use
 CSV_COLUMNS = ["date", "device", "torch", "model", "batch", "data", "ref_images_per_s", "ours_images_per_s",
-               "speedup", "ref_pipeline", "ours_pipeline", "steps", "git_commit"]
+               "speedup", "ref_pipeline", "ours_pipeline", "steps", "git_commit", "precision"]
 
 
 @dataclass
@@ -52,6 +52,7 @@ class BenchResult:
     ours_pipeline: str
     steps: int
     git_commit: str
+    precision: str = ""  # ours: bf16 or fp32, and why (train.amp: auto decides by the hardware)
 
     def projected_hours(self, images_per_s: float) -> float:
         return PAPER_ITERATIONS * self.batch / images_per_s / 3600
@@ -140,6 +141,7 @@ def run_bench(
                                                  else f" ({encoding} copy)")
     model_name = expand_runs(cfg)[0].run.model_name
     log(f"bench: {model_name}, batch {batch_size}, {what}, {device_name(dev)}, torch {torch.__version__}")
+    log(f"precision (ours): {'bf16' if engine.amp else 'fp32'}, {engine.amp_reason}")
 
     # the reference: PIL Dataset + DataLoader workers, eager fp32, loss.item() each step
     torch.manual_seed(0)
@@ -200,7 +202,7 @@ def run_bench(
         speedup=round(ours_ips / ref_ips, 3),
         ref_pipeline=f"PIL Dataset + DataLoader ({workers} workers), fp32 eager",
         ours_pipeline="tensor loader on device, fused SGD" + "".join(f", {p}" for p in ours_parts),
-        steps=steps, git_commit=git_commit(),
+        steps=steps, git_commit=git_commit(), precision=f"{'bf16' if engine.amp else 'fp32'} ({engine.amp_reason})",
     )
     path = append_row(Path(results_dir) / "bench.csv", result)
     for label, ips, pipeline in (("reference", ref_ips, result.ref_pipeline), ("ours", ours_ips, result.ours_pipeline)):
@@ -211,12 +213,14 @@ def run_bench(
 
 
 def append_row(path: Path, result: BenchResult) -> Path:
-    """Add one row to the CSV (header on first write); the file is replaced atomically."""
-    old = path.read_text() if path.exists() else ""
+    """Add one row to the CSV; the file is replaced atomically. Rows written before a column was
+    added keep their values, with the new column empty."""
+    rows = list(csv.DictReader(io.StringIO(path.read_text()))) if path.exists() else []
+    rows.append({k: v for k, v in asdict(result).items() if k in CSV_COLUMNS})
+    columns = CSV_COLUMNS + [c for c in (rows[0].keys() if rows else []) if c not in CSV_COLUMNS]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    if not old:
-        writer.writeheader()
-    writer.writerow({k: v for k, v in asdict(result).items() if k in CSV_COLUMNS})
-    atomic_write_text(path, old + buf.getvalue())
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
     return path

@@ -15,9 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import config as config_mod
-from .errors import UserError
-from .models import build_model, count_multiply_adds, count_parameters, spec_from_config
-from .train import Interrupted
+from .errors import Interrupted, UserError
+from .spec import spec_from_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Re-run He et al. 2015, 'Deep Residual Learning for Image Recognition'.")
@@ -113,7 +112,7 @@ def _path_overrides(data_dir, results_dir, runs_dir) -> list[str]:
 
 def _train_and_report(cfg, restart: bool) -> None:
     from . import runner
-    from .train import is_main_process
+    from .train import is_main_process  # torch is imported only by the commands that train
 
     if not is_main_process():  # under torchrun only rank 0 prints and writes tables
         runner.run_experiment(cfg, restart=restart)
@@ -304,6 +303,8 @@ def analyze_responses(
 def _models_table(title: str, flag: str, settings: list[dict], image_size: int) -> None:
     """Layers, parameters and multiply-adds of the nets `settings` (model config dicts) describe."""
     from omegaconf import OmegaConf
+
+    from .models import build_model, count_multiply_adds, count_parameters
 
     table = Table(title=title)
     for col in ("model", "layers", "params", "multiply-adds"):

@@ -19,11 +19,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from .data import data_root
 from .errors import UserError
-from .models import ModelSpec, spec_from_config
+from .spec import ModelSpec, spec_from_config
 
 CONFIG_ENV = "RESNET_REPRO_CONFIG_DIR"
+DATA_ENV = "RESNET_REPRO_DATA"
 
 # Overrides that change where or how fast a run goes, not what it computes: they do not make a
 # new run variant (the model keys are part of the run's name instead).
@@ -34,6 +34,12 @@ _NEUTRAL_KEYS = {
     "train.eval_batch_size", "train.channels_last", "train.responses", "data.workers",
     "data.encoding",  # named in the run id instead
 }
+
+
+def data_root(configured: str | None) -> Path | None:
+    """The data folder: the config (`--data-dir`) first, then $RESNET_REPRO_DATA."""
+    root = configured or os.environ.get(DATA_ENV)
+    return Path(root).expanduser() if root else None
 
 
 def config_dir(explicit: str | Path | None = None) -> Path:
@@ -81,15 +87,33 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+# Overrides that change how a run computes but keep the paper's recipe and schedule, named in words in
+# the run id (value -> tag; "" for the default) so a control reads as what it is: resnet20-A-seed0-fp32.
+_NAMED_VARIANTS = {
+    "train.amp": lambda v: "" if v == "auto" else "bf16" if v else "fp32",
+    "model.bn_group": lambda v: "" if v is None else f"bn{v}",
+}
+
+
 def variant_of(overrides: list[str]) -> str:
-    """A short stable tag for overrides that change what a run computes ("" for none). Values are
-    parsed first, so `x=true` (typed) and `x=True` (as Hydra's multirun passes it back) agree."""
+    """A short stable tag for overrides that change what a run computes ("" for none): named tags for
+    precision and BN grouping, then a hash of any others. Values are parsed first, so `x=true` (typed)
+    and `x=True` (as Hydra's multirun passes it back) agree."""
+    parsed = OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
+    named = [_NAMED_VARIANTS[o.key_or_group](o.value()) for o in parsed if o.key_or_group in _NAMED_VARIANTS]
     changing = sorted(
         f"{o.key_or_group}={json.dumps(o.value(), sort_keys=True, default=str)}"
-        for o in OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
-        if o.key_or_group not in _NEUTRAL_KEYS
+        for o in parsed if o.key_or_group not in _NEUTRAL_KEYS | set(_NAMED_VARIANTS)
     )
-    return hashlib.sha1("\n".join(changing).encode()).hexdigest()[:6] if changing else ""
+    tags = sorted(t for t in named if t) + ([hashlib.sha1("\n".join(changing).encode()).hexdigest()[:6]] if changing else [])
+    return "-".join(tags)
+
+
+def keeps_schedule(overrides: list[str]) -> bool:
+    """True when no override changes the recipe or schedule: only neutral keys, precision or BN grouping.
+    Such a run on the `paper` profile is still the paper's schedule."""
+    parsed = OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
+    return all(o.key_or_group in _NEUTRAL_KEYS | set(_NAMED_VARIANTS) for o in parsed)
 
 
 def run_id(spec: ModelSpec, seed: int, variant: str, data_tag: str = "") -> str:
@@ -130,6 +154,7 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
             data_tag = "sample" if on_sample else "" if run.data.sample or encoding == "original" else encoding
             with open_dict(run):
                 run.run = {"id": run_id(spec, seed, variant, data_tag), "variant": variant,
+                           "keeps_schedule": keeps_schedule(overrides),
                            "model_name": spec.name, "depth": spec.depth}
             if run.run.id not in seen:
                 seen.add(run.run.id)

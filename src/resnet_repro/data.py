@@ -9,7 +9,6 @@ the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass
 from importlib import resources
@@ -18,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import DATA_ENV, data_root
 from .errors import UserError
 
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-DATA_ENV = "RESNET_REPRO_DATA"
 
 
 @dataclass
@@ -35,12 +34,6 @@ class ImageArrays:
     test_labels: torch.Tensor
     name: str  # "cifar10", "cifar10_sample", ...
     test_split: str = "test"  # or "val" when the 45k/5k split is used
-
-
-def data_root(configured: str | None) -> Path | None:
-    """The data folder: the config (`--data-dir`) first, then $RESNET_REPRO_DATA."""
-    root = configured or os.environ.get(DATA_ENV)
-    return Path(root).expanduser() if root else None
 
 
 def _find_cifar_folder(root: Path) -> Path | None:
@@ -215,6 +208,10 @@ def build_cifar(data_cfg, batch_size: int, eval_batch_size: int, device: torch.d
             arrays.name = f"{arrays.name}_{data_cfg.encoding}"  # not the original pixels: say so in results
     if data_cfg.validation_size:
         arrays = hold_out_validation(arrays, int(data_cfg.validation_size))
+    if data_cfg.get("test_subset"):  # smoke: evaluate on the first k test images only, and say so
+        k = int(data_cfg.test_subset)
+        arrays.test_images, arrays.test_labels = arrays.test_images[:k], arrays.test_labels[:k]
+        arrays.test_split = f"{arrays.test_split}[:{k}]"
     mean = arrays.train_images.float().div(255).mean(0)  # per-pixel mean image (Sec. 4.2)
     train = TensorImageLoader(arrays.train_images, arrays.train_labels, mean, batch_size, True, device, seed,
                               int(data_cfg.pad), rank, world)

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM: the checkpoint is saved; the same command resumes."""

@@ -642,10 +642,11 @@ def errors(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
 
 
 def _eval_engine(device: str):
-    from .train import Engine, select_device
+    from .train import Engine, choose_amp, select_device
 
     dev = select_device(device)
-    return Engine(device=dev, amp=dev.type in ("cuda", "cpu"), channels_last=True, compile=None)
+    amp, reason = choose_amp("auto", dev)
+    return Engine(device=dev, amp=amp, amp_reason=reason, channels_last=True, compile=None)
 
 
 def ensemble_eval(paths: Sequence[Path], protocol: str = "10crop", data_dir: Path | None = None,

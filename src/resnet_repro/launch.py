@@ -25,7 +25,8 @@ from omegaconf import DictConfig, open_dict
 
 from .config import config_dir, expand_runs
 from .errors import UserError
-from .train import Interrupted, is_main_process
+from .errors import Interrupted
+from .train import is_main_process
 
 log = logging.getLogger("resnet_repro.launch")
 

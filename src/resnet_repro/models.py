@@ -8,14 +8,14 @@ the block type picks basic (two 3x3) or bottleneck (1x1-3x3-1x1), and `shortcut`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-SHORTCUTS = ("none", "A", "B", "C")
-STRIDES = ("v1", "v1.5")  # where a down-sampling bottleneck puts its stride: first 1x1 (paper) or 3x3
+from .spec import IMAGENET_LAYERS, SHORTCUTS, STRIDES, ModelSpec, check_arch_shortcut, cifar_depth, spec_from_config
+
+__all__ = ["ModelSpec", "spec_from_config", "cifar_depth", "build_model", "IMAGENET_DEPTHS"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -157,27 +157,18 @@ class ResNet(nn.Module):
         return stem + [bn for stage in self.stages for blk in stage for bn in blk.response_layers()]
 
 
-# Variants are data: depth -> (block, blocks per stage). CIFAR depth is 6n+2 with n blocks per stage.
-IMAGENET_DEPTHS: dict[int, tuple[Block, list[int]]] = {
-    18: (BasicBlock, [2, 2, 2, 2]),
-    34: (BasicBlock, [3, 4, 6, 3]),
-    50: (Bottleneck, [3, 4, 6, 3]),
-    101: (Bottleneck, [3, 4, 23, 3]),
-    152: (Bottleneck, [3, 8, 36, 3]),
-}
+# Variants are data (spec.IMAGENET_LAYERS): depth -> (block, blocks per stage).
+BLOCKS: dict[str, Block] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+IMAGENET_DEPTHS: dict[int, tuple[Block, list[int]]] = {d: (BLOCKS[b], layers) for d, (b, layers) in IMAGENET_LAYERS.items()}
 CIFAR_WIDTHS = [16, 32, 64]
 IMAGENET_WIDTHS = [64, 128, 256, 512]
-
-
-def cifar_depth(n: int) -> int:
-    return 6 * n + 2
 
 
 def cifar_resnet(n: int, arch: str = "resnet", shortcut: str = "A", num_classes: int = 10) -> ResNet:
     """The 6n+2-layer CIFAR-10 net; `arch="plain"` drops every shortcut."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a whole number >= 1 (depth 6n+2), got {n!r}")
-    return ResNet(BasicBlock, [n] * 3, CIFAR_WIDTHS, "cifar", num_classes, _shortcut_for(arch, shortcut))
+    return ResNet(BasicBlock, [n] * 3, CIFAR_WIDTHS, "cifar", num_classes, check_arch_shortcut(arch, shortcut))
 
 
 def imagenet_resnet(
@@ -186,7 +177,7 @@ def imagenet_resnet(
     if depth not in IMAGENET_DEPTHS:
         raise ValueError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth!r}")
     block, layers = IMAGENET_DEPTHS[depth]
-    return ResNet(block, layers, IMAGENET_WIDTHS, "imagenet", num_classes, _shortcut_for(arch, shortcut), stride_on)
+    return ResNet(block, layers, IMAGENET_WIDTHS, "imagenet", num_classes, check_arch_shortcut(arch, shortcut), stride_on)
 
 
 def _torchvision_key(key: str) -> str:
@@ -215,47 +206,6 @@ def from_torchvision(state_dict: dict) -> ResNet:
     model = imagenet_resnet(depth, "resnet", "B", "v1.5", num_classes)
     model.load_state_dict({_torchvision_key(k): v for k, v in state_dict.items()})
     return model
-
-
-def _shortcut_for(arch: str, shortcut: str) -> str:
-    if arch not in ("plain", "resnet"):
-        raise ValueError(f"unknown arch {arch!r}: choose plain or resnet")
-    if shortcut not in SHORTCUTS[1:]:
-        raise ValueError(f"unknown shortcut {shortcut!r}: choose A, B or C")
-    return "none" if arch == "plain" else shortcut
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What identifies a net in run names, tables and figures."""
-
-    family: str  # cifar | imagenet
-    arch: str  # plain | resnet
-    depth: int
-    shortcut: str = "A"
-    stride_on: str = "v1"
-
-    @property
-    def name(self) -> str:
-        base = f"{self.arch}{self.depth}"
-        if self.arch == "plain":
-            return base
-        suffix = "" if self.stride_on == "v1" else "-v1.5"
-        return f"{base}-{self.shortcut}{suffix}"
-
-
-def spec_from_config(model_cfg) -> ModelSpec:
-    if model_cfg.family == "cifar":
-        n = int(model_cfg.n)
-        if n < 1:
-            raise ValueError(f"n must be a whole number >= 1 (depth 6n+2), got {n}")
-        depth = cifar_depth(n)
-    else:
-        depth = int(model_cfg.depth)
-        if depth not in IMAGENET_DEPTHS:
-            raise ValueError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth}")
-    _shortcut_for(model_cfg.arch, model_cfg.shortcut)
-    return ModelSpec(model_cfg.family, model_cfg.arch, depth, model_cfg.shortcut, model_cfg.get("stride_on", "v1"))
 
 
 def build_model(model_cfg, num_classes: int) -> ResNet:

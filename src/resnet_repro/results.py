@@ -12,7 +12,6 @@ import fcntl
 import io
 import json
 import os
-import platform
 import subprocess
 import tempfile
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
+from .hardware import device_name  # noqa: F401  (run summaries and bench rows name the device)
 
 METRICS_COLUMNS = ["iteration", "epoch", "lr", "train_loss", "train_error", "test_error",
                    "test_top5_error", "images_per_s", "wall_s"]
@@ -68,12 +68,6 @@ def git_commit() -> str:
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return fallback
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 class RunDir:

@@ -21,13 +21,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import TrainingDiverged, UserError
+from .errors import Interrupted, TrainingDiverged, UserError
+from .hardware import cpu_bf16_native
 from .models import build_model, capture_responses, count_parameters
 from .results import RunDir, device_name, git_commit, now
-
-
-class Interrupted(UserError):
-    """SIGINT/SIGTERM: the checkpoint is saved; the same command resumes."""
 
 
 @dataclass
@@ -38,7 +35,8 @@ class Engine:
     compile: str | None  # a torch.compile mode ("default", "reduce-overhead" = CUDA graphs), None = eager
     rank: int = 0
     world: int = 1
-    cpu_group: object = None  # DDP: a gloo group for host-side agreement (stop flag) that never syncs the GPU
+    cpu_group: object = None
+    amp_reason: str = ""  # why bf16 is on or off (goes into the summary and the bench output)  # DDP: a gloo group for host-side agreement (stop flag) that never syncs the GPU
 
     @property
     def is_main(self) -> bool:
@@ -53,6 +51,21 @@ class Engine:
 
 def _auto(value, default: bool) -> bool:
     return default if value == "auto" else bool(value)
+
+
+def choose_amp(value, device: torch.device) -> tuple[bool, str]:
+    """`train.amp`: true | false | auto. auto = bf16 autocast only where the device runs bf16 natively
+    (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX); fp32 everywhere else."""
+    if value != "auto":
+        return bool(value), f"train.amp={str(bool(value)).lower()}"
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        return native, f"auto: {'bf16' if native else 'fp32'} ({torch.cuda.get_device_name(device)}"\
+                       f"{' supports' if native else ' lacks'} bf16)"
+    if device.type == "cpu":
+        native, evidence = cpu_bf16_native()
+        return native, f"auto: {'bf16, native' if native else 'fp32, bf16 not native'} (CPU {evidence})"
+    return False, f"auto: fp32 on {device.type}"
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -104,14 +117,16 @@ def setup_engine(cfg: DictConfig) -> Engine:
         torch.set_num_threads(int(t.threads))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    # CPU defaults, measured for ResNet-20 at batch 128 on 2 AVX-512-BF16 cores: bf16 autocast is
-    # 1.5-2x fp32 at the same test error (27.1% vs 27.7% after 1.5k iterations), channels_last adds a
-    # little; torch.compile is no faster there after two minutes of compiling, so CUDA only. All
-    # cores (threads=auto) is fastest on an idle machine (2 threads 1.8x one), but 4-8x slower than
-    # train.threads=1 while another process keeps a core busy: OpenMP threads wait on each other.
+    # CPU defaults, measured for ResNet-20 at batch 128, one thread: on AMX/AVX512-BF16 cores bf16 is
+    # 1.7x fp32 (738 vs 439 images/s) at the same test error (27.1% vs 27.7% after 1.5k iterations);
+    # on AVX2 it is 10x slower, hence `choose_amp`. channels_last adds 10-20% to both. torch.compile is
+    # no faster there after two minutes of compiling, so CUDA only. All cores (threads=auto) is fastest
+    # on an idle machine, but 4-8x slower than train.threads=1 while another process keeps a core busy.
+    amp, amp_reason = choose_amp(t.amp, device)
     return Engine(
         device=device,
-        amp=_auto(t.amp, device.type in ("cuda", "cpu")),
+        amp=amp,
+        amp_reason=amp_reason,
         channels_last=_auto(t.channels_last, True),
         compile=compile_mode(t.compile, device, graphs=cfg.data.family == "cifar" and world == 1),
         rank=rank,
@@ -215,7 +230,7 @@ def _scores(model, views, engine: Engine) -> torch.Tensor:
         return sum(F.softmax(model(engine.prepare(v)).float(), 1) for v in views) / len(views)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, loader, engine: Engine) -> tuple[float, float]:
     """Top-1 and top-5 error (%) of `model` in eval mode over the loader, summed over DDP ranks."""
     was_training = model.training
@@ -232,7 +247,7 @@ def evaluate(model: nn.Module, loader, engine: Engine) -> tuple[float, float]:
     return 100 * wrong1 / n, 100 * wrong5 / n
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def measure_responses(model: nn.Module, loader, engine: Engine) -> list[float]:
     """Std of each 3x3 layer's response (BN output, before ReLU/addition) over the test set (Fig. 7),
     summed over DDP ranks (each holds a share of the test set): every rank must call it."""
@@ -437,7 +452,7 @@ def _summary(cfg: DictConfig, run: RunDir, data, engine: Engine, model: nn.Modul
     return {
         "run_id": cfg.run.id, "experiment": cfg.experiment.name, "status": "running",
         "profile": cfg.profile.name, "profile_label": cfg.profile.label,
-        "full_schedule": bool(cfg.profile.full_schedule) and not cfg.run.variant,
+        "full_schedule": bool(cfg.profile.full_schedule) and bool(cfg.run.get("keeps_schedule", not cfg.run.variant)),
         "dataset": data.name, "test_split": data.test_split, "train_images": data.train_size,
         "model": {"family": m.family, "arch": m.arch, "depth": int(cfg.run.depth),
                   "shortcut": "none" if m.arch == "plain" else m.shortcut, "stride_on": m.get("stride_on", "v1"),
@@ -445,6 +460,7 @@ def _summary(cfg: DictConfig, run: RunDir, data, engine: Engine, model: nn.Modul
         "params": count_parameters(model), "seed": int(cfg.seed), "iterations": int(cfg.train.iterations),
         "iterations_done": state["iteration"], "batch_size": int(cfg.train.batch_size),
         "eval_protocol": cfg.data.get("eval_protocol", "single"), "amp": engine.amp,
+        "amp_reason": engine.amp_reason,
         "wall_s": state["wall_s"], "device": device_name(engine.device), "world_size": engine.world,
         "git_commit": git_commit(), "torch": torch.__version__, "started": state["started"], "finished": None,
         "overrides": list(cfg.experiment.get("overrides", [])), "variant": cfg.run.variant,
