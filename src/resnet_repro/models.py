@@ -39,7 +39,49 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra))
 
 
-def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """BN whose training statistics come from groups of `group` images, as on the paper's two GPUs
+    ("mini-batch 128 on two GPUs": each GPU normalised 64). Image i of a batch belongs to group
+    i mod (N / group), the same split DDP makes (rank r takes images r, r + world, ...). The running
+    statistics follow group 0 only, as a DDP run keeps them: DDP broadcasts rank 0's buffers to every
+    rank before each forward, so rank 0's updates are the ones that survive. Eval mode is plain BN."""
+
+    def __init__(self, num_features: int, group: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.group = int(group)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if not self.training or n == self.group:
+            return super().forward(x)
+        if n % self.group:
+            raise ValueError(f"model.bn_group={self.group} must divide the batch of {n} images on each process")
+        groups = n // self.group
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        # (group, groups * C, H, W): image i*groups + g lands in channel block g
+        folded = x.reshape(self.group, groups * c, h, w)
+        running_mean, running_var = self.running_mean.repeat(groups), self.running_var.repeat(groups)
+        out = F.batch_norm(folded, running_mean, running_var, self.weight.repeat(groups), self.bias.repeat(groups),
+                           True, self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(running_mean[:c])
+            self.running_var.copy_(running_var[:c])
+            self.num_batches_tracked.add_(1)
+        out = out.reshape(n, c, h, w)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def batch_norm(bn_group: int | None) -> Callable[[int], nn.BatchNorm2d]:
+    """The BN layer every block uses: plain BN over the whole batch, or ghost BN over `bn_group` images."""
+    if bn_group is None:
+        return nn.BatchNorm2d
+    if int(bn_group) < 2:
+        raise ValueError(f"model.bn_group must be null or a whole number >= 2, got {bn_group!r}")
+    return lambda planes: GhostBatchNorm2d(planes, int(bn_group))
+
+
+def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int,
+                  norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> nn.Module | None:
     """The block's shortcut branch: None means no shortcut at all (a plain net)."""
     if kind == "none":
         return None
@@ -47,7 +89,7 @@ def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int) -> nn
         raise ValueError(f"unknown shortcut {kind!r}: choose one of {', '.join(SHORTCUTS)}")
     same_shape = stride == 1 and in_planes == out_planes
     if kind == "C" or (kind == "B" and not same_shape):
-        return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+        return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm(out_planes))
     return nn.Identity() if same_shape else PadShortcut(in_planes, out_planes, stride)
 
 
@@ -56,11 +98,12 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A", stride_on: str = "v1"):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A", stride_on: str = "v1",
+                 norm: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
-        self.conv1, self.bn1 = conv3x3(in_planes, planes, stride), nn.BatchNorm2d(planes)
-        self.conv2, self.bn2 = conv3x3(planes, planes), nn.BatchNorm2d(planes)
-        self.shortcut = make_shortcut(shortcut, in_planes, planes, stride)
+        self.conv1, self.bn1 = conv3x3(in_planes, planes, stride), norm(planes)
+        self.conv2, self.bn2 = conv3x3(planes, planes), norm(planes)
+        self.shortcut = make_shortcut(shortcut, in_planes, planes, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -79,16 +122,17 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B", stride_on: str = "v1"):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B", stride_on: str = "v1",
+                 norm: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
         if stride_on not in STRIDES:
             raise ValueError(f"unknown stride placement {stride_on!r}: choose one of {', '.join(STRIDES)}")
         s1, s3 = (stride, 1) if stride_on == "v1" else (1, stride)
         out_planes = planes * self.expansion
-        self.conv1, self.bn1 = conv1x1(in_planes, planes, s1), nn.BatchNorm2d(planes)
-        self.conv2, self.bn2 = conv3x3(planes, planes, s3), nn.BatchNorm2d(planes)
-        self.conv3, self.bn3 = conv1x1(planes, out_planes), nn.BatchNorm2d(out_planes)
-        self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride)
+        self.conv1, self.bn1 = conv1x1(in_planes, planes, s1), norm(planes)
+        self.conv2, self.bn2 = conv3x3(planes, planes, s3), norm(planes)
+        self.conv3, self.bn3 = conv1x1(planes, out_planes), norm(out_planes)
+        self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -115,6 +159,7 @@ class ResNet(nn.Module):
         num_classes: int,
         shortcut: str = "A",
         stride_on: str = "v1",
+        norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ):
         super().__init__()
         self.in_planes = widths[0] if stem == "cifar" else 64
@@ -124,10 +169,10 @@ class ResNet(nn.Module):
         else:  # 7x7/2 conv, 64 filters, 3x3/2 max-pool (Table 1)
             self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.bn1 = nn.BatchNorm2d(self.in_planes)
+        self.bn1 = norm(self.in_planes)
         self.stages = nn.Sequential(
             *(
-                self._make_stage(block, width, count, 1 if i == 0 else 2, shortcut, stride_on)
+                self._make_stage(block, width, count, 1 if i == 0 else 2, shortcut, stride_on, norm)
                 for i, (width, count) in enumerate(zip(widths, layers))
             )
         )
@@ -139,10 +184,11 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_stage(self, block: Block, planes: int, count: int, stride: int, shortcut: str, stride_on: str):
+    def _make_stage(self, block: Block, planes: int, count: int, stride: int, shortcut: str, stride_on: str,
+                    norm: Callable[[int], nn.Module]):
         blocks = []
         for i in range(count):
-            blocks.append(block(self.in_planes, planes, stride if i == 0 else 1, shortcut, stride_on))
+            blocks.append(block(self.in_planes, planes, stride if i == 0 else 1, shortcut, stride_on, norm))
             self.in_planes = planes * block.expansion
         return nn.Sequential(*blocks)
 
@@ -164,20 +210,24 @@ CIFAR_WIDTHS = [16, 32, 64]
 IMAGENET_WIDTHS = [64, 128, 256, 512]
 
 
-def cifar_resnet(n: int, arch: str = "resnet", shortcut: str = "A", num_classes: int = 10) -> ResNet:
+def cifar_resnet(n: int, arch: str = "resnet", shortcut: str = "A", num_classes: int = 10,
+                 bn_group: int | None = None) -> ResNet:
     """The 6n+2-layer CIFAR-10 net; `arch="plain"` drops every shortcut."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a whole number >= 1 (depth 6n+2), got {n!r}")
-    return ResNet(BasicBlock, [n] * 3, CIFAR_WIDTHS, "cifar", num_classes, check_arch_shortcut(arch, shortcut))
+    return ResNet(BasicBlock, [n] * 3, CIFAR_WIDTHS, "cifar", num_classes, check_arch_shortcut(arch, shortcut),
+                  norm=batch_norm(bn_group))
 
 
 def imagenet_resnet(
-    depth: int, arch: str = "resnet", shortcut: str = "B", stride_on: str = "v1", num_classes: int = 1000
+    depth: int, arch: str = "resnet", shortcut: str = "B", stride_on: str = "v1", num_classes: int = 1000,
+    bn_group: int | None = None,
 ) -> ResNet:
     if depth not in IMAGENET_DEPTHS:
         raise ValueError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth!r}")
     block, layers = IMAGENET_DEPTHS[depth]
-    return ResNet(block, layers, IMAGENET_WIDTHS, "imagenet", num_classes, check_arch_shortcut(arch, shortcut), stride_on)
+    return ResNet(block, layers, IMAGENET_WIDTHS, "imagenet", num_classes, check_arch_shortcut(arch, shortcut), stride_on,
+                  batch_norm(bn_group))
 
 
 def _torchvision_key(key: str) -> str:
@@ -209,11 +259,13 @@ def from_torchvision(state_dict: dict) -> ResNet:
 
 
 def build_model(model_cfg, num_classes: int) -> ResNet:
+    bn_group = model_cfg.get("bn_group")
     if model_cfg.family == "cifar":
-        return cifar_resnet(int(model_cfg.n), model_cfg.arch, model_cfg.shortcut, num_classes)
+        return cifar_resnet(int(model_cfg.n), model_cfg.arch, model_cfg.shortcut, num_classes, bn_group)
     if model_cfg.family == "imagenet":
         return imagenet_resnet(
-            int(model_cfg.depth), model_cfg.arch, model_cfg.shortcut, model_cfg.get("stride_on", "v1"), num_classes
+            int(model_cfg.depth), model_cfg.arch, model_cfg.shortcut, model_cfg.get("stride_on", "v1"), num_classes,
+            bn_group
         )
     raise ValueError(f"unknown model family {model_cfg.family!r}: choose cifar or imagenet")
 
