@@ -1,7 +1,7 @@
 """Train several CIFAR-10 depths side by side on one GPU until a deadline (a lent GPU with minutes to spare).
 
-One process per depth (what `resnet-repro run custom model.n=N` runs, without the CLI, so that only
-torch, hydra-core and omegaconf need to be on the GPU box), all at once: a small CIFAR net leaves a big
+One process per depth (what `resnet-repro run custom model.n=N` runs, through the runner without the
+CLI), all at once: a small CIFAR net leaves a big
 GPU mostly idle between kernel launches, so running several overlaps their launch overheads. Every
 `--check` seconds each run's finish is projected from its metrics; while some run cannot make the
 deadline at its current speed, the slowest such one is stopped (SIGTERM: it checkpoints and a later
@@ -22,15 +22,13 @@ import time
 from pathlib import Path
 
 from resnet_repro.config import compose_experiment, expand_runs, runs_root
-from resnet_repro.errors import UserError
-from resnet_repro.report import load_metrics
+from resnet_repro.errors import Interrupted, UserError
 from resnet_repro.results import RunDir
-from resnet_repro.errors import Interrupted
 
 
 def worker(overrides: list[str]) -> None:
     """One run: compose, train (resuming if checkpointed), print its metrics rows."""
-    from resnet_repro.runner import run_experiment
+    from resnet_repro.runner import run_experiment  # torch: only in the processes that train
 
     try:
         run_experiment(compose_experiment("custom", overrides), on_row=lambda row: print(row, flush=True))
@@ -41,7 +39,7 @@ def worker(overrides: list[str]) -> None:
 
 def progress(run: RunDir) -> tuple[int, float | None]:
     """(iterations done, iterations per second over the last two metrics rows)."""
-    rows = load_metrics(run.path)
+    rows = run.read_metrics()
     if len(rows) < 2:
         return (int(rows.iteration.iloc[-1]) if len(rows) else 0), None
     a, b = rows.iloc[-2], rows.iloc[-1]

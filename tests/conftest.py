@@ -36,3 +36,23 @@ def runs(tmp_path) -> Path:
 @pytest.fixture
 def results(tmp_path) -> Path:
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="module")
+def image_tree(tmp_path_factory) -> Path:
+    """An ImageFolder tree: 3 classes x 6 train / 2 val JPEGs of varied sizes (some grey-scale, one CMYK)."""
+    from imagefolders import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("imagenet") / "data")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP's spinning barriers make two threads many
+    times slower when other processes share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

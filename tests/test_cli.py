@@ -1,6 +1,8 @@
 """The real CLI through Typer's runner: real Hydra composition, real data loading, real training."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -105,3 +107,47 @@ def test_corrupt_checkpoint_is_one_line_and_names_the_file(dirs):
     assert_one_line_error(result, "checkpoint.pt", "--restart")
     ok = invoke("run", "custom", "profile=smoke", "model.n=1", "--results-dir", results, "--restart")
     assert ok.exit_code == 0, ok.output
+
+
+def test_help_lists_the_choices():
+    assert all(f in invoke("plot", "--help").output for f in ("fig1", "fig4", "fig6", "fig7", "all"))
+    sweep = invoke("sweep", "--help").output
+    assert "<plain|resnet>,..." in sweep and "cifar" in sweep
+    assert "A|B|C" in invoke("models", "cifar", "--help").output
+    assert invoke("plot", "fig9").exit_code == 2  # not a figure: refused before anything runs
+
+
+@pytest.mark.parametrize("command", [["report"], ["plot", "all"], ["run", "custom", "profile=smoke"]])
+def test_a_results_dir_under_a_file_is_one_line(tmp_path, command):
+    (tmp_path / "file").write_text("")
+    result = invoke(*command, "--results-dir", tmp_path / "file" / "results")
+    assert_one_line_error(result, "--results-dir", "is a file")
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.mark.skipif(not (COMMITTED / "budget").is_dir(), reason="needs the committed run directories")
+def test_damaged_run_files_are_named_and_left_out_visibly(tmp_path):
+    """On a copy of the committed runs: a cut summary.json and a cut metrics.csv are each named in
+    one warning line, and the table and the figure that lose the run say so."""
+    runs, results = tmp_path / "experiments", tmp_path / "results"
+    shutil.copytree(COMMITTED / "budget", runs / "budget")
+    for path in (runs / "budget" / "resnet110-A-seed1" / "summary.json", runs / "budget" / "plain56-seed0" / "metrics.csv"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    report = invoke("report", "--results-dir", results)
+    assert report.exit_code == 0, report.output
+    warnings = report.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: ") for w in warnings)
+    assert any("resnet110-A-seed1/summary.json is not valid JSON" in w and "delete" in w for w in warnings)
+    assert any("plain56-seed0/metrics.csv is cut short" in w for w in warnings)
+    table6 = (results / "table6.md").read_text()
+    assert "Left out, unreadable: budget/resnet110-A-seed1 (summary.json)." in table6
+    assert "| resnet110-A | 1.73M | 17.60 (n=1) |" in table6  # the other seed alone
+
+    plot = invoke("plot", "fig1", "--results-dir", results)
+    assert plot.exit_code == 0, plot.output
+    assert "missing: plain-56: budget/plain56-seed0 cannot be read (metrics.csv)" in plot.output
+    assert "note: budget/plain56-seed0 left out: metrics.csv is cut short" in plot.output
+    assert len(plot.stderr.strip().splitlines()) == 2

@@ -1,8 +1,10 @@
+"""Composing experiments with Hydra, expanding them into runs, run ids, and the commands that make runs."""
+
 import pytest
 from omegaconf import OmegaConf
 
-from resnet_repro.config import (compose_experiment, config_dir, expand_runs, keeps_schedule, list_group, runs_root,
-                                 variant_of)
+from resnet_repro.config import (check_folder, compose_experiment, config_dir, expand_runs, keeps_schedule, list_group,
+                                 net_command, run_command, runs_root, runs_root_for, variant_of)
 from resnet_repro.errors import UserError
 
 
@@ -96,3 +98,22 @@ def test_a_precision_control_is_still_the_papers_schedule_a_shorter_one_is_not()
     assert not keeps_schedule(["train.iterations=1000"]) and not keeps_schedule(["train.amp=false", "train.lr=0.2"])
     [run] = expand_runs(compose_experiment("custom", ["train.amp=false"]))
     assert run.run.id == "resnet20-A-seed0-fp32" and run.run.keeps_schedule
+
+
+def test_commands_that_make_missing_runs():
+    assert run_command("table3") == "resnet-repro run table3" == run_command("table3", "paper")
+    assert run_command("fig4", "proxy") == "resnet-repro run fig4 profile=proxy"
+    assert net_command("plain56") == "resnet-repro sweep cifar --n 9 --arch plain"
+    assert net_command("resnet110-A", "budget") == "resnet-repro sweep cifar --n 18 --arch resnet profile=budget"
+    assert net_command("resnet1202-A") == "resnet-repro run resnet1202"  # its own experiment
+    [run] = expand_runs(compose_experiment("custom", ["model.n=9", "model.arch=plain"]))
+    assert run.run.model_name == "plain56"  # the net the sweep command above trains
+
+
+def test_paths_beside_results_and_folders_under_a_file(tmp_path):
+    assert runs_root_for(tmp_path / "results") == tmp_path / "experiments"
+    assert runs_root_for(tmp_path / "results", tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file"):
+        check_folder(tmp_path / "file" / "results", "--results-dir")
+    assert check_folder(tmp_path / "new" / "results") == tmp_path / "new" / "results"

@@ -1,47 +1,31 @@
-"""The ImageNet side: Table 1 counts, the data pipeline on small generated ImageFolder trees,
-test-time protocols, torchvision weights, and a CPU smoke run of Table 2 through the CLI."""
+"""ImageNet-style data on small generated ImageFolder trees: folders, sizes, augmentation, the mean
+image, test-time protocols scored by `train.evaluate`, BN recalibration, and the ImageNet configs."""
 
-import json
-
+import numpy as np
 import pytest
 import torch
-import torchvision
-from omegaconf import OmegaConf
+from PIL import Image
 
 from imagefolders import write_image_folder
-from resnet_repro import imagenet, paper, train
+from resnet_repro import imagenet
 from resnet_repro.config import compose_experiment, expand_runs
 from resnet_repro.data import build_data
+from resnet_repro.engine import Engine
 from resnet_repro.errors import UserError
-from resnet_repro.models import count_parameters, from_torchvision, imagenet_resnet
-from resnet_repro.train import Engine, evaluate
+from resnet_repro.models import imagenet_resnet
+from resnet_repro.train import evaluate, recalibrate_bn
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 CPU = Engine(device=torch.device("cpu"), amp=False, channels_last=False, compile=None)
 SIZES = imagenet.Sizes((40, 48), 32, 36, (32, 48))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP's spinning barriers make two threads many
-    times slower when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """3 classes x 6 train / 2 val JPEGs of varied sizes (some grey-scale, one CMYK)."""
-    return write_image_folder(tmp_path_factory.mktemp("imagenet") / "data")
-
-
-@pytest.fixture(scope="module")
-def files(tree):
-    train_files = imagenet.list_images(tree / "train")
-    return train_files, imagenet.list_images(tree / "val", classes=train_files.classes)
+def files(image_tree):
+    train_files = imagenet.list_images(image_tree / "train")
+    return train_files, imagenet.list_images(image_tree / "val", classes=train_files.classes)
 
 
 def zero_mean(device="cpu"):
@@ -53,45 +37,11 @@ def loader(files, seed=0, batch_size=4, lighting_std=0.1, workers=0, rank=0, wor
                                  workers, rank, world)
 
 
-# ---------------------------------------------------------------------------------------- Table 1
-
-
-@pytest.fixture(scope="module")
-def table1():
-    return {r["model"]: r for r in imagenet.table1_rows()}
-
-
-def test_table1_flops_within_2_percent_of_the_paper(table1):
-    assert [r["model"] for r in table1.values()] == [f"resnet{d}-B" for d in (18, 34, 50, 101, 152)]
-    for depth, paper_gflops in paper.IMAGENET_GFLOPS.items():
-        row = table1[f"resnet{depth}-B"]
-        assert row["paper_gflops"] == paper_gflops and row["layers"] == depth
-        assert abs(row["gflops"] - paper_gflops) / paper_gflops < 0.02, row
-
-
-@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
-def test_option_b_parameters_equal_torchvision(table1, depth):
-    theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    assert table1[f"resnet{depth}-B"]["params"] == count_parameters(theirs)
-
-
-def test_shortcut_options_a_b_c_add_parameters_in_that_order():
-    a, b, c = (count_parameters(imagenet_resnet(34, "resnet", s)) for s in "ABC")
-    assert count_parameters(imagenet_resnet(34, "plain")) == a < b < c
-
-
-def test_write_table1(tmp_path, monkeypatch, table1):
-    monkeypatch.setattr(imagenet, "table1_rows", lambda: list(table1.values()))  # counted once above
-    csv_path, md_path = imagenet.write_table1(tmp_path)
-    assert csv_path.read_text().splitlines()[0].startswith("model,layers,blocks,params,gflops,paper_gflops")
-    assert "| resnet152-B | 152 | bottleneck [3,8,36,3] | 60,192,808 | 11.28 | 11.3 |" in md_path.read_text()
-
-
 # ---------------------------------------------------------------------------------- folders, sizes
 
 
-def test_lists_sorted_classes_and_finds_a_nested_split(tree, tmp_path):
-    train_files = imagenet.list_images(tree / "train", per_class=2, max_classes=2)
+def test_lists_sorted_classes_and_finds_a_nested_split(image_tree, tmp_path):
+    train_files = imagenet.list_images(image_tree / "train", per_class=2, max_classes=2)
     assert train_files.classes == ["n00000000", "n00000001"] and train_files.labels == [0, 0, 1, 1]
     nested = write_image_folder(tmp_path / "extracted" / "imagenette_64px", classes=2, train_per_class=1,
                                 val_per_class=1)
@@ -116,14 +66,23 @@ def test_grey_and_cmyk_jpegs_decode_to_rgb(files):
 # -------------------------------------------------------------------------------- train transform
 
 
-def test_random_crop_flip_sizes_and_values():
-    import numpy as np
-
+def test_random_crop_flip_is_a_window_of_the_rescaled_image_or_its_mirror():
     img = torch.randint(0, 256, (3, 50, 90), dtype=torch.uint8)
-    for i in range(10):
+    assert imagenet.resized_dims(50, 90, 40) == (40, 72) and imagenet.resized_dims(90, 50, 40) == (72, 40)
+    windows = {}  # (shorter side, mirrored) -> every 32x32 window of the image resized so, (3, rows, cols, 32, 32)
+    for short in range(SIZES.scale_range[0], SIZES.scale_range[1] + 1):
+        scaled = imagenet.resize_short(img, short)
+        for mirrored in (False, True):
+            windows[short, mirrored] = (scaled.flip(-1) if mirrored else scaled).unfold(1, 32, 1).unfold(2, 32, 1)
+    scales, mirrors = set(), set()
+    for i in range(20):
         view = imagenet.random_crop_flip(img, np.random.default_rng(i), SIZES)
         assert view.shape == (3, 32, 32) and view.dtype == torch.uint8
-    assert imagenet.resized_dims(50, 90, 40) == (40, 72) and imagenet.resized_dims(90, 50, 40) == (72, 40)
+        hits = [key for key, w in windows.items() if (w == view[:, None, None]).all(0).flatten(2).all(-1).any()]
+        assert hits, f"view {i} is no window of the image rescaled to a shorter side in {SIZES.scale_range}"
+        scales.add(hits[0][0])
+        mirrors.add(hits[0][1])
+    assert len(scales) > 3 and mirrors == {False, True}  # scale augmentation and flips both happen
 
 
 def test_train_batches_are_normalised_crops_on_the_device(files):
@@ -205,50 +164,54 @@ def test_multiscale_views_are_whole_images_at_each_scale(files):
             assert min(scaled.shape[-2:]) == short and torch.equal(flipped, scaled.flip(-1))
         seen += len(y)
     assert seen == len(files[1]) and len(ld) > 1  # images of other aspect ratios go to other batches
-    model = imagenet_resnet(18, "resnet", "B", num_classes=3)
-    for protocol in imagenet.PROTOCOLS:  # the model's global average pool takes any size
-        top1, top5 = evaluate(model, val_loader(files, protocol), CPU)
-        assert 0 <= top1 <= 100 and top5 == 0  # 3 classes: the true one is always in the top 5
+
+
+class ColourNet(torch.nn.Module):
+    """Scores class c by the mean of colour channel c (negated: the class colour scores lowest)."""
+
+    def __init__(self, sign: float = 1.0):
+        super().__init__()
+        self.sign = sign
+
+    def forward(self, x):
+        return self.sign * 20 * x.mean((2, 3))
+
+
+@pytest.fixture(scope="module")
+def colour_val(tmp_path_factory):
+    """3 classes x 4 RGB JPEGs of varied sizes, each mostly its class's colour channel."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / f"n{c}").mkdir()
+        for i, (h, w) in enumerate([(48, 64), (64, 48), (56, 56), (40, 80)]):
+            pixels = np.full((h, w, 3), 40.0) + rng.normal(0, 10, (h, w, 3))
+            pixels[..., c] += 180
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f"n{c}" / f"{i}.JPEG", quality=95)
+    return imagenet.list_images(root)
+
+
+@pytest.mark.parametrize("protocol", imagenet.TEST_PROTOCOLS)
+def test_evaluate_scores_every_image_of_every_protocol_against_its_own_label(colour_val, protocol):
+    ld = imagenet.TestLoader(colour_val, SIZES, protocol, zero_mean(), 5, torch.device("cpu"))
+    assert evaluate(ColourNet(), ld, CPU) == (0.0, 0.0)  # every image right
+    assert evaluate(ColourNet(-1.0), ld, CPU) == (100.0, 0.0)  # every image wrong; with 3 classes all in the top 5
+    half = imagenet.TestLoader(colour_val, SIZES, protocol, zero_mean(), 5, torch.device("cpu"))
+    half.files = imagenet.ImageFiles(colour_val.paths, [0] * len(colour_val), colour_val.classes, colour_val.folder)
+    assert evaluate(ColourNet(), half, CPU)[0] == pytest.approx(100 * 8 / 12)  # all labelled 0: classes 1, 2 wrong
 
 
 def test_bn_recalibration_averages_over_training_images(files):
     model = imagenet_resnet(18, "resnet", "B", num_classes=3)
     ld = loader(files[0], batch_size=6)
-    seen = imagenet.recalibrate_bn(model, ld.epoch(0), 12, CPU)
+    seen = recalibrate_bn(model, ld.epoch(0), 12, CPU)
     assert seen == 12 and model.bn1.momentum == 0.1 and model.training
     with torch.no_grad():
         outs = torch.cat([model.conv1(x) for x, _ in list(ld.epoch(0))[:2]])
     assert torch.allclose(model.bn1.running_mean, outs.mean((0, 2, 3)), atol=1e-5)
 
 
-# ---------------------------------------------------------------------------- torchvision weights
-
-
-@pytest.mark.parametrize("depth", [18, 50])
-def test_torchvision_weights_give_identical_logits(tmp_path, depth):
-    torch.manual_seed(depth)
-    theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
-    for m in theirs.modules():  # make BN statistics matter
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    torch.save(theirs.state_dict(), tmp_path / "weights.pth")
-    ours = from_torchvision(torch.load(tmp_path / "weights.pth")).eval()
-    x = torch.randn(2, 3, 64, 80)
-    with torch.no_grad():
-        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
-
-
-def test_evaluate_torchvision_weights_maps_classes_by_classes_tsv(tree, tmp_path):
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
-    with pytest.raises(UserError, match="classes.tsv"):
-        imagenet.evaluate_checkpoint(tmp_path / "resnet18.pth", "center", tree, device="cpu", workers=0)
-    (tree / "classes.tsv").write_text("n00000000\t0\ttench\nn00000001\t217\tspringer\nn00000002\t482\tcassette\n")
-    try:
-        r = imagenet.evaluate_checkpoint(tmp_path / "resnet18.pth", "center", tree, device="cpu", workers=0)
-    finally:
-        (tree / "classes.tsv").unlink()
-    assert r["images"] == 6 and r["members"] == ["resnet18"] and 0 <= r["top5_error"] <= r["top1_error"] <= 100
+# ------------------------------------------------------------------------------------ configs
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -257,8 +220,8 @@ def test_evaluate_torchvision_weights_maps_classes_by_classes_tsv(tree, tmp_path
 def test_experiments_use_the_imagenet_recipe():
     cfg = compose_experiment("table3", [])
     t, d = cfg.train, cfg.data
-    assert (t.iterations, t.lr, t.schedule, t.batch_size, t.momentum, t.weight_decay) == (
-        600000, 0.1, "plateau", 256, 0.9, 0.0001)
+    assert (t.iterations, t.lr, t.schedule, list(t.milestones), t.batch_size, t.momentum, t.weight_decay) == (
+        600000, 0.1, "step", [150000, 300000, 450000], 256, 0.9, 0.0001)
     assert t.warmup.min_depth is None and cfg.model.stride_on == "v1"
     assert (list(d.scale_range), d.crop, d.test_resize, list(d.multiscale), d.lighting_std, d.mean) == (
         [256, 480], 224, 256, [224, 256, 384, 480, 640], 0.1, "pixel")
@@ -274,46 +237,6 @@ def test_proxy_profile_scales_sizes_and_labels_the_data():
     assert (list(d.scale_range), d.crop, d.test_resize, list(d.multiscale)) == (
         [64, 120], 56, 64, [56, 64, 96, 120, 160])
     assert not cfg.profile.full_schedule and cfg.train.schedule == "step"
-
-
-def test_plateau_schedule_divides_after_patience_evaluations():
-    if not hasattr(train, "count_plateau_drops"):
-        pytest.skip("train.py plateau hook not applied yet")
-    t = OmegaConf.create({"lr": 0.1, "schedule": "plateau", "milestones": [],
-                         "plateau": {"patience": 2, "threshold": 0.1, "max_drops": 2}})
-    rows = [{"test_error": e} for e in (50, 40, 39.95, 39.99, 30, 31, 32, 33, 34, 35, 36)]
-    drops = [train.count_plateau_drops(rows[:k], t) for k in range(len(rows) + 1)]
-    assert drops == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
-    assert train.lr_at(0, t, False, plateau_drops=2) == pytest.approx(0.001)
-
-
-# ------------------------------------------------------------------------------- end to end
-
-
-def test_table2_smoke_run_through_the_cli(tree, tmp_path):
-    from typer.testing import CliRunner
-
-    from resnet_repro.cli import app
-
-    result = CliRunner().invoke(app, ["run", "table2", "profile=smoke", "--data-dir", str(tree),
-                                      "--results-dir", str(tmp_path / "results")])
-    assert result.exit_code == 0, result.output
-    run_dirs = sorted((tmp_path / "experiments" / "smoke").iterdir())
-    assert [p.name for p in run_dirs] == ["plain18-seed0-sample", "plain34-seed0-sample",
-                                          "resnet18-A-seed0-sample", "resnet34-A-seed0-sample"]
-    for run in run_dirs:
-        s = json.loads((run / "summary.json").read_text())
-        assert s["status"] == "finished" and s["dataset"] == "imagenet_sample" and s["eval_protocol"] == "center"
-        assert (run / "checkpoint.pt").exists() and (run / "metrics.csv").exists()
-    assert (tmp_path / "results" / "table2.md").exists()
-    # the checkpoint evaluates again to the numbers of the run; two runs make an ensemble
-    s = json.loads((run_dirs[2] / "summary.json").read_text())
-    again = imagenet.evaluate_checkpoint(run_dirs[2], "10crop", device="cpu")
-    if "final_eval" in s:  # train.py's final-evaluation hook
-        assert set(s["final_eval"]) == {"10crop", "multiscale"}
-        assert again["top1_error"] == pytest.approx(s["final_eval"]["10crop"]["top1_error"])
-    both = imagenet.ensemble_eval(run_dirs[2:], "center", device="cpu")
-    assert both["members"] == ["resnet18-A-seed0-sample", "resnet34-A-seed0-sample"] and both["images"] == 6
 
 
 def test_build_data_needs_a_folder_and_an_imagenet_model(tmp_path, monkeypatch):

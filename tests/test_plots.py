@@ -223,3 +223,20 @@ def test_each_profile_gets_its_own_figure_never_a_mix(runs, results):
     assert out[0].drawn == ["budget/plain20-seed0", "budget/plain56-seed0"]
     assert out[1].drawn == ["paper/plain20-seed0"] and out[1].partial
     assert [r.paths[0].name for r in plots.plot_figures("fig1", runs, results, "paper", PNG)] == ["fig1.png"]
+
+
+def test_a_run_whose_metrics_are_cut_short_is_left_out_and_said(runs, results):
+    make_run(runs, "paper", "plain20")
+    make_run(runs, "paper", "plain56")
+    cut = make_run(runs, "paper", "plain56", seed=1)
+    text = (cut / "metrics.csv").read_text()
+    (cut / "metrics.csv").write_text(text[: len(text) // 2])
+    result = plots.plot_figure("fig1", runs, results, formats=PNG)
+    assert result.drawn == ["paper/plain20-seed0", "paper/plain56-seed0"]
+    assert "paper/plain56-seed1 left out: metrics.csv is cut short" in caption(result.figure)
+    (runs / "paper" / "plain56-seed0" / "summary.json").write_text("{")  # the only other plain-56
+    result = plots.plot_figure("fig1", runs, results, formats=PNG)
+    assert result.drawn == ["paper/plain20-seed0"] and result.partial
+    assert result.missing == ["plain-56: paper/plain56-seed0 cannot be read (summary.json): restore it, or delete it "
+                              "and run `resnet-repro sweep cifar --n 9 --arch plain`"]
+    assert any(n.startswith("paper/plain56-seed0 left out: summary.json") for n in result.notes)

@@ -4,8 +4,8 @@ The reference is built the way popular reimplementations build it: a torchvision
 handing out one PIL image at a time, `RandomCrop(32, padding=4)` + `RandomHorizontalFlip` +
 `ToTensor` + `Normalize`, a `DataLoader` with worker processes, an eager fp32 model, plain SGD and
 `loss.item()` every step. Ours is what `fit` runs: the whole set as one tensor on the device,
-batched crop/flip, `train_step` with the engine defaults (bf16 autocast, channels_last, fused SGD,
-torch.compile on CUDA). Both train the same model on the same images in the same process; warm-up
+batched crop/flip, the model, optimizer and compilation `fit` prepares (train.prepare_model,
+train.stepping_model) and its `train_step`. Both train the same model on the same images in the same process; warm-up
 steps (and compilation) are excluded, and the two are timed in alternating rounds so a machine
 shared with other work slows both alike.
 """
@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from .config import compose_experiment, expand_runs
-from .data import TensorImageLoader, data_root, load_cifar10, read_bundled_sample
+from .cifar import TensorImageLoader, load_cifar10, read_bundled_sample
+from .config import compose_experiment, data_root, expand_runs
+from .engine import setup_engine
+from .hardware import device_name
 from .models import build_model
-from .results import atomic_write_text, device_name, git_commit
-from .train import build_optimizer, lr_at, setup_engine, train_step
+from .results import atomic_write_text, git_commit
+from .train import lr_at, prepare_model, set_lr, stepping_model, train_step
 
 PAPER_ITERATIONS = 64_000  # the CIFAR-10 schedule of Sec. 4.2
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # what the reimplementations use
@@ -164,11 +166,8 @@ def run_bench(
     mean = images.float().div(255).mean(0)
     loader = TensorImageLoader(images, labels, mean, batch_size, True, dev, int(cfg.seed), int(cfg.data.pad))
     torch.manual_seed(0)
-    model = build_model(cfg.model, 10).to(dev)
-    if engine.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.train)
-    step_model = torch.compile(model, mode=engine.compile) if engine.compile else model
+    model, optimizer = prepare_model(cfg, engine, 10)
+    step_model = stepping_model(model, engine)
     ours_batches = _forever(loader.epoch)
     window = torch.zeros(3, device=dev)
     iteration = itertools.count()
@@ -176,8 +175,7 @@ def run_bench(
     def ours_step() -> int:
         nonlocal window
         x, y = next(ours_batches)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(next(iteration), cfg.train, warming_up=False)
+        set_lr(optimizer, lr_at(next(iteration), cfg.train, warming_up=False))
         window += train_step(step_model, optimizer, x, y, engine)
         return y.shape[0]
 

@@ -1,4 +1,8 @@
-"""`resnet-repro`: parse, call, print. No logic lives here."""
+"""`resnet-repro`: parse, call, print. No logic lives here: experiments run in runner.py, tables,
+figures and the README come from tables/plots/report.py, saved models are scored in evaluate.py.
+
+Nothing heavy is imported at start (no torch, pandas or matplotlib), so `--help` and bad input
+answer at once; each command imports what it needs."""
 
 from __future__ import annotations
 
@@ -38,6 +42,24 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.
 class Arch(str, Enum):
     plain = "plain"
     resnet = "resnet"
+
+
+class Shortcut(str, Enum):
+    A = "A"  # identity; zero-padding where dimensions grow (no parameters)
+    B = "B"  # projections where dimensions grow
+    C = "C"  # projections everywhere
+
+
+class Family(str, Enum):
+    cifar = "cifar"
+
+
+class Figure(str, Enum):
+    fig1 = "fig1"
+    fig4 = "fig4"
+    fig6 = "fig6"
+    fig7 = "fig7"
+    all = "all"
 
 
 class Protocol(str, Enum):
@@ -101,7 +123,14 @@ def parse_archs(text: str) -> list[str]:
     return archs
 
 
+# `--arch plain,resnet`: one option naming several choices, listed in --help by its metavar
+ARCHS_METAVAR = "<" + "|".join(a.value for a in Arch) + ">,..."
+
+
 def _path_overrides(data_dir, results_dir, runs_dir) -> list[str]:
+    config_mod.check_folder(results_dir, "--results-dir")  # now, not after hours of training
+    if runs_dir is not None:
+        config_mod.check_folder(runs_dir, "--runs-dir")
     out = [f"results_dir={results_dir}"]
     if data_dir is not None:
         out.append(f"data.root={data_dir}")
@@ -112,7 +141,7 @@ def _path_overrides(data_dir, results_dir, runs_dir) -> list[str]:
 
 def _train_and_report(cfg, restart: bool) -> None:
     from . import runner
-    from .train import is_main_process  # torch is imported only by the commands that train
+    from .engine import is_main_process  # torch is imported only by the commands that train
 
     if not is_main_process():  # under torchrun only rank 0 prints and writes tables
         runner.run_experiment(cfg, restart=restart)
@@ -144,39 +173,23 @@ def _train_and_report(cfg, restart: bool) -> None:
     with progress:
         summaries = runner.run_experiment(cfg, restart=restart, on_run=on_run, on_row=on_row)
     for s in summaries:
-        console.print(f"{s['run_id']}: test error {s['final_test_error']:.2f}% after {s['iterations_done']} "
-                      f"iterations ({s['profile_label']}, {s['wall_s']:.0f} s)", highlight=False)
-    if cfg.experiment.get("ensemble"):  # Table 5: averaged scores of the runs just trained
-        from . import imagenet
-
-        console.print(f"wrote {imagenet.run_ensemble(cfg)}", highlight=False)
-    _report(cfg, list(cfg.experiment.reports))
+        console.print(f"{s.run_id}: test error {s.final_test_error:.2f}% after {s.iterations_done} "
+                      f"iterations ({s.profile_label}, {s.wall_s:.0f} s)", highlight=False)
+    _print_written(runner.finish(cfg), config_mod.runs_root(cfg))
 
 
-def _report(cfg, names: list[str]) -> None:
-    runs_dir, results_dir = config_mod.runs_root(cfg), Path(cfg.results_dir)
-    tables = [n for n in names if n.startswith("table")]
-    figures = [n for n in names if n.startswith("fig")]
-    if tables:
-        from . import report
+def _print_written(written: list, runs_dir: Path) -> None:
+    """'wrote', 'note' and 'missing' lines for the files and figures made, then a warning for each run
+    directory with a file that cannot be read (the tables and figures leave that run out)."""
+    from .plots import output_lines
+    from .results import load_runs, unreadable
 
-        for path in report.write_tables(runs_dir, results_dir, tables=tables):
-            console.print(f"wrote {path}", highlight=False)
-    if figures:
-        from . import plots
-
-        for name in figures:
-            for result in plots.plot_figures(name, runs_dir, results_dir):
-                _print_figure(result)
-
-
-def _print_figure(result) -> None:
-    for path in result.paths:
-        console.print(f"wrote {path}" + (" (partial)" if result.partial else ""), highlight=False)
-    for line in result.notes:
-        console.print(f"note: {line}", highlight=False)
-    for line in result.missing:
-        console.print(f"[yellow]missing:[/yellow] {line}", highlight=False)
+    styles = {"wrote": "wrote {}", "note": "note: {}", "missing": "[yellow]missing:[/yellow] {}"}
+    for item in written:
+        for kind, text in output_lines(item):
+            console.print(styles[kind].format(text), highlight=False)
+    for problem in unreadable(load_runs(runs_dir)):
+        err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -199,9 +212,9 @@ def run(
 @app.command()
 @friendly_errors
 def sweep(
-    family: Annotated[str, typer.Argument(help="cifar")],
+    family: Annotated[Family, typer.Argument(help="The nets to sweep (CIFAR-10; ImageNet: resnet-repro run table3).")],
     n: Annotated[str, typer.Option("--n", help="Comma-separated n (depth 6n+2), e.g. 3,5,7,9,18.")] = "3,5,7,9,18",
-    arch: Annotated[str, typer.Option("--arch", help="plain, resnet or plain,resnet.")] = "resnet",
+    arch: Annotated[str, typer.Option("--arch", metavar=ARCHS_METAVAR, help="plain, resnet or plain,resnet.")] = "resnet",
     overrides: Overrides = None,
     data_dir: DataDir = None,
     results_dir: ResultsDir = Path("results"),
@@ -210,8 +223,6 @@ def sweep(
     restart: Restart = False,
 ):
     """One run per (arch, n, seed) on CIFAR-10."""
-    if family != "cifar":
-        raise UserError(f"unknown sweep {family!r}: only `sweep cifar` exists (ImageNet: resnet-repro run table3)")
     ns, archs = parse_ints(n, "--n"), parse_archs(arch)
     if bad := [v for v in ns if v < 1]:
         raise UserError(f"--n must be >= 1 (depth 6n+2), got {bad[0]}")
@@ -238,6 +249,7 @@ def bench(
     """Images/s of our training step against the usual PIL + DataLoader pipeline; a row in RESULTS/bench.csv."""
     from .bench import run_bench
 
+    config_mod.check_folder(results_dir, "--results-dir")
     run_bench(arch.value, n, batch_size, data_dir, steps, warmup, workers=workers, device=device,
               results_dir=results_dir, overrides=list(overrides or []),
               log=lambda line: console.print(line, highlight=False))
@@ -255,7 +267,7 @@ def list_(config_dir: ConfigDir = None):
 @app.command()
 @friendly_errors
 def plot(
-    figure: Annotated[str, typer.Argument(help="fig1, fig4, fig6, fig7 or all.")],
+    figure: Annotated[Figure, typer.Argument(help="A figure of the paper, or all.")],
     results_dir: ResultsDir = Path("results"),
     runs_dir: RunsDir = None,
     profile: Annotated[str | None, typer.Option("--profile", help="Draw runs of this profile only.")] = None,
@@ -263,13 +275,10 @@ def plot(
     """Figures from finished (and partial) runs, into --results-dir as PNG and PDF."""
     from . import plots
 
-    runs = runs_dir or results_dir.resolve().parent / "experiments"
-    names = list(plots.FIGURES) if figure == "all" else [figure]
-    for name in names:
-        if name not in plots.FIGURES:
-            raise UserError(f"unknown figure {name!r}: choose one of {', '.join(plots.FIGURES)} or all")
-        for result in plots.plot_figures(name, runs, results_dir, profile=profile):
-            _print_figure(result)
+    config_mod.check_folder(results_dir, "--results-dir")
+    runs = config_mod.runs_root_for(results_dir, runs_dir)
+    names = list(plots.FIGURES) if figure is Figure.all else [figure.value]
+    _print_written([r for name in names for r in plots.plot_figures(name, runs, results_dir, profile=profile)], runs)
 
 
 @app.command()
@@ -281,9 +290,9 @@ def report(
     """Tables 2-6 and results/README.md from the run directories."""
     from . import report as report_mod
 
-    runs = runs_dir or results_dir.resolve().parent / "experiments"
-    for path in [*report_mod.write_tables(runs, results_dir), report_mod.write_readme(runs, results_dir)]:
-        console.print(f"wrote {path}", highlight=False)
+    config_mod.check_folder(results_dir, "--results-dir")
+    runs = config_mod.runs_root_for(results_dir, runs_dir)
+    _print_written(report_mod.write_report(runs, results_dir), runs)
 
 
 @analyze_app.command("responses")
@@ -294,31 +303,28 @@ def analyze_responses(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ):
     """Fig. 7: std of each 3x3 layer's response on the test set, into RUN/responses.csv."""
-    from . import runner
+    from .evaluate import analyze_responses
 
     for run_path in runs:
-        console.print(f"wrote {runner.analyze_responses(run_path, device, data_dir)}", highlight=False)
+        console.print(f"wrote {analyze_responses(run_path, device, data_dir)}", highlight=False)
 
 
 def _models_table(title: str, flag: str, settings: list[dict], image_size: int) -> None:
     """Layers, parameters and multiply-adds of the nets `settings` (model config dicts) describe."""
     from omegaconf import OmegaConf
 
-    from .models import build_model, count_multiply_adds, count_parameters
+    try:  # every spec checked before torch is imported
+        specs = [spec_from_config(OmegaConf.create(setting)) for setting in settings]
+    except ValueError as e:
+        raise UserError(f"bad {flag}/--arch/--shortcut: {e}")
+    from .table1 import counts
 
     table = Table(title=title)
     for col in ("model", "layers", "params", "multiply-adds"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for setting in settings:
-        model_cfg = OmegaConf.create(setting)
-        try:
-            spec = spec_from_config(model_cfg)  # validates depth, arch and shortcut
-        except ValueError as e:
-            raise UserError(f"bad {flag}/--arch/--shortcut: {e}")
-        model = build_model(model_cfg, 10 if spec.family == "cifar" else 1000)
-        macs = count_multiply_adds(model, image_size)
-        table.add_row(spec.name, str(spec.depth), f"{count_parameters(model):,}",
-                      f"{macs / 1e6:,.1f}M" if macs < 1e9 else f"{macs / 1e9:.2f}G")
+    for spec in specs:
+        params, macs = counts(spec, image_size)
+        table.add_row(spec.name, str(spec.depth), f"{params:,}", f"{macs / 1e6:,.1f}M" if macs < 1e9 else f"{macs / 1e9:.2f}G")
     console.print(table)
 
 
@@ -326,11 +332,11 @@ def _models_table(title: str, flag: str, settings: list[dict], image_size: int) 
 @friendly_errors
 def models_cifar(
     n: Annotated[str, typer.Option("--n", help="Comma-separated n (depth 6n+2).")] = "3,5,7,9,18,200",
-    arch: Annotated[str, typer.Option("--arch", help="plain, resnet or plain,resnet.")] = "resnet",
-    shortcut: Annotated[str, typer.Option("--shortcut", help="A, B or C.")] = "A",
+    arch: Annotated[str, typer.Option("--arch", metavar=ARCHS_METAVAR, help="plain, resnet or plain,resnet.")] = "resnet",
+    shortcut: Annotated[Shortcut, typer.Option("--shortcut", help="Option A, B or C (Sec. 3.3).")] = Shortcut.A,
 ):
     """CIFAR-10 nets: layers, parameters, multiply-adds per 32x32 image."""
-    settings = [{"family": "cifar", "arch": a, "n": value, "shortcut": shortcut}
+    settings = [{"family": "cifar", "arch": a, "n": value, "shortcut": shortcut.value}
                 for a in parse_archs(arch) for value in parse_ints(n, "--n")]
     _models_table("CIFAR-10 nets (Sec. 4.2)", "--n", settings, 32)
 
@@ -339,13 +345,13 @@ def models_cifar(
 @friendly_errors
 def models_imagenet(
     depth: Annotated[str, typer.Option("--depth", help="Comma-separated, from 18, 34, 50, 101, 152.")] = "18,34,50,101,152",
-    arch: Annotated[str, typer.Option("--arch", help="plain, resnet or plain,resnet.")] = "resnet",
-    shortcut: Annotated[str, typer.Option("--shortcut", help="A, B or C.")] = "B",
+    arch: Annotated[str, typer.Option("--arch", metavar=ARCHS_METAVAR, help="plain, resnet or plain,resnet.")] = "resnet",
+    shortcut: Annotated[Shortcut, typer.Option("--shortcut", help="Option A, B or C (Sec. 3.3).")] = Shortcut.B,
     stride: Annotated[Stride, typer.Option("--stride", help="v1: a down-sampling bottleneck strides its first 1x1 "
                                            "(the paper's); v1.5: its 3x3 (torchvision's).")] = Stride.v1,
 ):
     """ImageNet nets (Table 1): layers, parameters, multiply-adds per 224x224 image."""
-    settings = [{"family": "imagenet", "arch": a, "depth": d, "shortcut": shortcut, "stride_on": stride.value}
+    settings = [{"family": "imagenet", "arch": a, "depth": d, "shortcut": shortcut.value, "stride_on": stride.value}
                 for a in parse_archs(arch) for d in parse_ints(depth, "--depth")]
     _models_table("ImageNet nets (Table 1)", "--depth", settings, 224)
 
@@ -363,9 +369,9 @@ def eval_(
     workers: Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: data.workers).")] = None,
 ):
     """Top-1 and top-5 error of ImageNet-style checkpoints on the val/ split of --data-dir."""
-    from . import imagenet
+    from .evaluate import ensemble_eval
 
-    r = imagenet.ensemble_eval(checkpoints, protocol.value, data_dir, device, batch_size, workers)
+    r = ensemble_eval(checkpoints, protocol.value, data_dir, device, batch_size, workers)
     console.print(f"{' + '.join(r['members'])}: top-1 error {r['top1_error']:.2f}%, top-5 error "
                   f"{r['top5_error']:.2f}% ({r['protocol']}, {r['images']:,} val images)", highlight=False)
 

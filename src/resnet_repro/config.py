@@ -42,6 +42,27 @@ def data_root(configured: str | None) -> Path | None:
     return Path(root).expanduser() if root else None
 
 
+def make_dir(path: str | Path) -> Path:
+    """`path` and its parents as folders; a path under a regular file is the user's to fix, not a traceback."""
+    path = check_folder(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the folder {path} ({e.strerror}); give another folder")
+    return path
+
+
+def check_folder(path: str | Path, what: str = "folder") -> Path:
+    """`path` as a folder that is there or can be made: no part of it that exists may be a file."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UserError(f"{what} {path} cannot be a folder: {part} is a file; give another folder")
+            break
+    return path
+
+
 def config_dir(explicit: str | Path | None = None) -> Path:
     """--config-dir, then $RESNET_REPRO_CONFIG_DIR, then the installed copy, then the source checkout."""
     here = Path(__file__).resolve().parent
@@ -167,6 +188,29 @@ def sweep_entries(archs: list[str], ns: list[int]) -> list[dict]:
 
 
 def runs_root(cfg: DictConfig) -> Path:
-    if cfg.runs_dir:
-        return Path(cfg.runs_dir)
-    return Path(cfg.results_dir).resolve().parent / "experiments"
+    return runs_root_for(cfg.results_dir, cfg.runs_dir)
+
+
+def runs_root_for(results_dir: str | Path, runs_dir: str | Path | None = None) -> Path:
+    """Where run directories live: `runs_dir` if given, else `experiments/` beside the results folder."""
+    if runs_dir:
+        return Path(runs_dir)
+    return Path(results_dir).resolve().parent / "experiments"
+
+
+def run_command(experiment: str, profile: str | None = None) -> str:
+    """The command that makes an experiment's runs (the `paper` profile is the default one)."""
+    return _with_profile(f"resnet-repro run {experiment}", profile)
+
+
+def net_command(model: str, profile: str | None = None) -> str:
+    """The command that trains one CIFAR-10 net: its own experiment where it has one (ResNet-1202),
+    else the depth sweep, e.g. `resnet-repro sweep cifar --n 9 --arch plain`."""
+    spec = ModelSpec.parse(model, "cifar")
+    if spec.depth == 1202:
+        return run_command("resnet1202", profile)
+    return _with_profile(f"resnet-repro sweep cifar --n {spec.n} --arch {spec.arch}", profile)
+
+
+def _with_profile(command: str, profile: str | None) -> str:
+    return command if profile in (None, "paper") else f"{command} profile={profile}"

@@ -1,12 +1,11 @@
-"""ImageNet-style data from ImageFolder trees, test-time protocols, Table 1, and evaluation of
-checkpoints, torchvision weights and ensembles (Sec. 3.4, Tables 1-5).
+"""ImageNet-style data from ImageFolder trees (Sec. 3.4): folders, sizes, augmentation, test-time
+views, the mean image, and the loaders a run and `eval` read.
 
-Training (Sec. 3.4): the shorter side resized at random in [256, 480], a random 224x224 crop or its
-horizontal flip, the per-pixel mean subtracted, AlexNet's PCA colour ("lighting") augmentation.
-Testing: a center crop (Fig. 4's curves), the standard 10-crop (Tables 2, 3), or the
-fully-convolutional form with scores averaged over shorter sides {224, 256, 384, 480, 640} and
-flips (Table 4). Every size is a config value, so the same code runs ImageNet, the 64-px proxy and
-32-px smoke tests.
+Training: the shorter side resized at random in [256, 480], a random 224x224 crop or its horizontal
+flip, the per-pixel mean subtracted, AlexNet's PCA colour ("lighting") augmentation. Testing: a center
+crop (Fig. 4's curves), the standard 10-crop (Tables 2, 3), or the fully-convolutional form with
+scores averaged over shorter sides {224, 256, 384, 480, 640} and flips (Table 4). Every size is a
+config value, so the same code runs ImageNet, the 64-px proxy and 32-px smoke tests.
 
 Workers decode (torchvision.io) and crop to uint8; the device does the float work (mean, lighting)
 on whole batches. Every random choice for image i of epoch e is drawn from (seed, e, i) and the
@@ -15,37 +14,31 @@ order from (seed, e), so a resumed run, and any number of workers, sees the same
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from omegaconf import DictConfig
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
-from . import paper
-from .data import Data, data_root, epoch_generator
+from .config import data_root
 from .errors import UserError
-from .models import (IMAGENET_DEPTHS, ModelSpec, build_model, count_multiply_adds, count_parameters,
-                     from_torchvision, imagenet_resnet)
-from .results import atomic_write_bytes, atomic_write_text
+from .loader import Data, epoch_generator
+from .results import TEST_PROTOCOLS, atomic_write_bytes
 
 # torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec (not a dependency here);
 # they still work and are fast, and the warning would otherwise come once per decoded image.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 
-PROTOCOLS = ("center", "10crop", "multiscale")
 MEANS = ("pixel", "channel")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -197,7 +190,7 @@ def test_views(img: torch.Tensor, protocol: str, sizes: Sizes) -> list[torch.Ten
             scaled = resize_short(img, short)
             views += [scaled, scaled.flip(-1)]
         return views
-    raise UserError(f"unknown test protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    raise UserError(f"unknown test protocol {protocol!r}: choose one of {', '.join(TEST_PROTOCOLS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,8 +308,8 @@ class TestLoader:
 
     def __init__(self, files: ImageFiles, sizes: Sizes, protocol: str, normalize: Normalize, batch_size: int,
                  device: torch.device, workers: int = 0, rank: int = 0, world: int = 1):
-        if protocol not in PROTOCOLS:
-            raise UserError(f"unknown test protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+        if protocol not in TEST_PROTOCOLS:
+            raise UserError(f"unknown test protocol {protocol!r}: choose one of {', '.join(TEST_PROTOCOLS)}")
         self.files, self.sizes, self.protocol, self.normalize = files, sizes, protocol, normalize
         self.batch_size, self.device, self.workers, self.rank, self.world = batch_size, device, workers, rank, world
         self._batches: list[list[int]] | None = None
@@ -395,11 +388,6 @@ def mean_for(files: ImageFiles, sizes: Sizes, mode: str, count: int, workers: in
 # The data of a run
 
 
-@dataclass
-class ImageNetData(Data):
-    final_tests: dict[str, TestLoader] = field(default_factory=dict)  # protocol -> loader, run once at the end
-
-
 def load_splits(data_cfg: DictConfig, root: Path | None) -> tuple[ImageFiles, ImageFiles]:
     if root is None:
         raise UserError("no ImageNet folder given: pass --data-dir DIR (or set $RESNET_REPRO_DATA) where DIR "
@@ -411,12 +399,19 @@ def load_splits(data_cfg: DictConfig, root: Path | None) -> tuple[ImageFiles, Im
     return train, val
 
 
-def _setting(data_cfg: DictConfig, key: str):
+def setting(data_cfg: DictConfig, key: str):
     """A value that `data.tiny` replaces when `data.sample` is set."""
     return data_cfg.tiny[key] if data_cfg.sample and key in data_cfg.tiny else data_cfg[key]
 
 
-def build_imagenet(cfg: DictConfig, engine, seed: int) -> ImageNetData:
+def mean_normalize(data_cfg: DictConfig, train_files: ImageFiles, sizes: Sizes, workers: int,
+                   device: torch.device) -> Normalize:
+    """Normalisation by the training split's mean image (or colour), as `data.mean` says (cached)."""
+    count = int(setting(data_cfg, "mean_images"))
+    return Normalize(mean_for(train_files, sizes, data_cfg.mean, count, workers), device)
+
+
+def build_imagenet(cfg: DictConfig, engine, seed: int) -> Data:
     """Loaders for an ImageNet-style run (called by data.build_data)."""
     d, t = cfg.data, cfg.train
     if cfg.model.family != "imagenet":
@@ -424,9 +419,8 @@ def build_imagenet(cfg: DictConfig, engine, seed: int) -> ImageNetData:
                         f"data=imagenette are for the ImageNet experiments (table2, table3, table4, fig4)")
     sizes = sizes_from_config(d)
     train_files, val_files = load_splits(d, data_root(d.root))
-    workers = int(_setting(d, "workers"))
-    normalize = Normalize(mean_for(train_files, sizes, d.mean, int(_setting(d, "mean_images")), workers),
-                          engine.device)
+    workers = int(setting(d, "workers"))
+    normalize = mean_normalize(d, train_files, sizes, workers, engine.device)
     train = FolderLoader(train_files, sizes, normalize, int(t.batch_size), engine.device, seed,
                          float(d.lighting_std), workers, engine.rank, engine.world)
 
@@ -437,276 +431,4 @@ def build_imagenet(cfg: DictConfig, engine, seed: int) -> ImageNetData:
     test = test_loader(d.eval_protocol)
     finals = {p: test if p == d.eval_protocol else test_loader(p) for p in d.get("final_protocols", [])}
     name = f"{d.name}_sample" if d.sample else d.name
-    return ImageNetData(train, test, len(train_files.classes), sizes.crop, name, "val", len(train_files), finals)
-
-
-# ---------------------------------------------------------------------------------------------
-# BN statistics
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable, images: int, engine) -> int:
-    """Re-estimate every BN layer's running mean/var as a plain average over about `images`
-    training images (train-mode forward passes, no gradient, weights untouched). Returns the
-    number of images used. Under DDP the statistics are averaged over ranks."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    was_training = model.training
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches seen
-    model.train()
-    seen = 0
-    try:
-        for x, _ in batches:
-            with engine.autocast():
-                model(engine.prepare(x))
-            seen += len(x) * engine.world
-            if seen >= images:
-                break
-    finally:
-        for bn, momentum in zip(bns, momenta):
-            bn.momentum = momentum
-        model.train(was_training)
-    if engine.world > 1:
-        for bn in bns:
-            for buf in (bn.running_mean, bn.running_var):
-                dist.all_reduce(buf)
-                buf.div_(engine.world)
-    return seen
-
-
-# ---------------------------------------------------------------------------------------------
-# Table 1 and model tables
-
-
-def _layers(depth: int) -> int:
-    block, layers = IMAGENET_DEPTHS[depth]
-    return 2 + sum(layers) * (3 if block.expansion == 4 else 2)
-
-
-def models_table(depths: Sequence[int], shortcut: str = "B", stride_on: str = "v1", arch: str = "resnet",
-                 image_size: int = 224) -> list[dict]:
-    """One row per depth: weighted layers, parameters, multiply-adds at `image_size`, and the
-    paper's FLOPs (Table 1) beside ours."""
-    rows = []
-    for depth in depths:
-        model = imagenet_resnet(depth, arch, shortcut, stride_on)
-        spec = ModelSpec("imagenet", arch, depth, shortcut, stride_on)
-        macs = count_multiply_adds(model, image_size)
-        paper_g = paper.IMAGENET_GFLOPS.get(depth) if image_size == 224 else None
-        rows.append({"model": spec.name, "layers": _layers(depth), "blocks": paper.IMAGENET_BLOCKS[depth],
-                     "params": count_parameters(model), "gflops": macs / 1e9, "paper_gflops": paper_g,
-                     "gflops_diff_pct": None if paper_g is None else 100 * (macs / 1e9 - paper_g) / paper_g})
-    return rows
-
-
-def table1_rows() -> list[dict]:
-    """Table 1: the five ImageNet nets as the paper builds them (option B, stride on the first 1x1)."""
-    return models_table(sorted(IMAGENET_DEPTHS), "B", "v1")
-
-
-TABLE1_COLUMNS = ["model", "layers", "blocks", "params", "gflops", "paper_gflops", "gflops_diff_pct"]
-
-
-def write_table1(results_dir: Path) -> list[Path]:
-    """results/table1.csv and table1.md, counted from the built models at 224x224."""
-    rows, results_dir = table1_rows(), Path(results_dir)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=TABLE1_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({**r, "gflops": f"{r['gflops']:.3f}", "gflops_diff_pct": f"{r['gflops_diff_pct']:.2f}"})
-    lines = [
-        "# Table 1: ImageNet architectures",
-        "",
-        "Counted from the built models (option-B shortcuts, stride on the first 1x1 of a down-sampling "
-        "bottleneck as in the paper) for one 224x224 image; multiply-adds of every conv and fc layer.",
-        "",
-        "| model | layers | blocks (conv2_x..conv5_x) | params | multiply-adds (G) | paper (G) | diff |",
-        "|---|---:|---|---:|---:|---:|---:|",
-        *(f"| {r['model']} | {r['layers']} | {r['blocks']} | {r['params']:,} | {r['gflops']:.2f} | "
-          f"{r['paper_gflops']} | {r['gflops_diff_pct']:+.1f}% |" for r in rows),
-        "",
-    ]
-    csv_path, md_path = results_dir / "table1.csv", results_dir / "table1.md"
-    atomic_write_text(csv_path, buf.getvalue())
-    atomic_write_text(md_path, "\n".join(lines))
-    return [csv_path, md_path]
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluating checkpoints, torchvision weights and ensembles
-
-
-@dataclass
-class Member:
-    """A model to evaluate and the data settings it was trained with."""
-
-    name: str
-    model: nn.Module
-    data_cfg: DictConfig
-    torchvision: bool  # torchvision normalisation and ImageNet-1k label indices
-
-
-def _default_data_cfg() -> DictConfig:
-    from .config import config_dir
-
-    return OmegaConf.load(config_dir() / "data" / "imagenet.yaml")
-
-
-def load_member(path: Path) -> Member:
-    """A run directory or its checkpoint.pt (config.yaml beside it), or a torchvision ResNet
-    state_dict (.pth)."""
-    path = Path(path)
-    ckpt = path / "checkpoint.pt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise UserError(f"no checkpoint at {ckpt}")
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise UserError(f"cannot read {ckpt} ({type(e).__name__})")
-    if isinstance(state, dict) and "model" in state and (ckpt.parent / "config.yaml").exists():
-        cfg = OmegaConf.load(ckpt.parent / "config.yaml")
-        if cfg.data.family == "cifar":
-            raise UserError(f"{ckpt} is a CIFAR-10 run; `eval` is for ImageNet-style runs")
-        model = build_model(cfg.model, state["model"]["fc.weight"].shape[0])
-        model.load_state_dict(state["model"])
-        return Member(cfg.run.get("id", ckpt.parent.name), model, cfg.data, False)
-    if isinstance(state, dict) and "fc.weight" in state and "layer1.0.conv1.weight" in state:
-        try:
-            model = from_torchvision(state)
-        except (ValueError, RuntimeError) as e:
-            raise UserError(f"{ckpt}: {e}")
-        return Member(ckpt.stem, model, _default_data_cfg(), True)
-    raise UserError(f"{ckpt} is neither a resnet-repro checkpoint (with config.yaml beside it) nor a "
-                    f"torchvision ResNet state_dict")
-
-
-def _imagenet_label_map(val: ImageFiles) -> torch.Tensor | None:
-    """For torchvision weights on a subset of ImageNet classes: folder label -> ImageNet-1k index,
-    from a `classes.tsv` (wnid, index, name) beside the splits. None when all 1000 are present."""
-    if len(val.classes) == 1000:
-        return None
-    for folder in (val.folder.parent, val.folder.parent.parent):
-        tsv = folder / "classes.tsv"
-        if tsv.is_file():
-            index = dict(line.split()[:2] for line in tsv.read_text().splitlines() if line.strip())
-            try:
-                return torch.tensor([int(index[c]) for c in val.classes])
-            except (KeyError, ValueError):
-                break
-    raise UserError(f"{val.folder} has {len(val.classes)} classes, not ImageNet's 1000, and no classes.tsv "
-                    f"(wnid, ImageNet index) beside it to map them for torchvision weights")
-
-
-def _member_loader(member: Member, protocol: str, data_dir: Path | None, engine, batch_size: int,
-                   workers: int | None) -> tuple[TestLoader, torch.Tensor | None]:
-    d = member.data_cfg.copy()
-    root = data_root(str(data_dir) if data_dir else d.get("root"))
-    sizes = sizes_from_config(d)
-    workers = int(_setting(d, "workers")) if workers is None else workers
-    if member.torchvision:
-        if root is None:
-            raise UserError("pass --data-dir: the folder holding val/ (ImageFolder layout)")
-        val = list_images(find_split(root, d.val_dir))
-        return (TestLoader(val, sizes, protocol, torchvision_normalize(engine.device), batch_size, engine.device,
-                           workers), _imagenet_label_map(val))
-    train, val = load_splits(d, root)  # the per-pixel mean comes from the training split (cached)
-    normalize = Normalize(mean_for(train, sizes, d.mean, int(_setting(d, "mean_images")), workers), engine.device)
-    return TestLoader(val, sizes, protocol, normalize, batch_size, engine.device, workers), None
-
-
-@torch.no_grad()
-def collect_scores(model: nn.Module, loader: TestLoader, engine, label_map: torch.Tensor | None = None):
-    """Softmax scores averaged over each image's views, (N, classes) in the split's order, and labels."""
-    model.eval()
-    scores = labels = None
-    for views, y, idx in loader.indexed():
-        with engine.autocast():
-            s = sum(F.softmax(model(engine.prepare(v)).float(), 1) for v in views) / len(views)
-        if scores is None:
-            scores = torch.zeros(len(loader.files), s.shape[1])
-            labels = torch.tensor(loader.files.labels)
-            if label_map is not None:
-                labels = label_map[labels]
-        scores[idx] = s.cpu()
-    return scores, labels
-
-
-def errors(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Top-1 and top-5 error (%)."""
-    top5 = scores.topk(min(5, scores.shape[1]), 1).indices
-    return (100 * (top5[:, 0] != labels).float().mean().item(),
-            100 * (top5 != labels[:, None]).all(1).float().mean().item())
-
-
-def _eval_engine(device: str):
-    from .train import Engine, choose_amp, select_device
-
-    dev = select_device(device)
-    amp, reason = choose_amp("auto", dev)
-    return Engine(device=dev, amp=amp, amp_reason=reason, channels_last=True, compile=None)
-
-
-def ensemble_eval(paths: Sequence[Path], protocol: str = "10crop", data_dir: Path | None = None,
-                  device: str = "auto", batch_size: int = 100, workers: int | None = None) -> dict:
-    """Top-1/top-5 error of the averaged softmax scores of several models (Table 5's ensembles;
-    one path is a single model). Each member is tested with its own data settings."""
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
-    if not paths:
-        raise UserError("give at least one checkpoint or run directory")
-    engine = _eval_engine(device)
-    total, labels, names = None, None, []
-    for path in paths:
-        member = load_member(Path(path))
-        model = member.model.to(engine.device).to(memory_format=torch.channels_last)
-        loader, label_map = _member_loader(member, protocol, data_dir, engine, batch_size, workers)
-        scores, y = collect_scores(model, loader, engine, label_map)
-        if labels is not None and (len(y) != len(labels) or not torch.equal(y, labels)):
-            raise UserError(f"{path} was tested on other images than {paths[0]}; ensemble members need one val set")
-        total, labels = (scores if total is None else total + scores), y
-        names.append(member.name)
-    top1, top5 = errors(total / len(paths), labels)
-    return {"members": names, "protocol": protocol, "images": len(labels), "top1_error": top1, "top5_error": top5}
-
-
-def evaluate_checkpoint(path: Path, protocol: str = "10crop", data_dir: Path | None = None, device: str = "auto",
-                        batch_size: int = 100, workers: int | None = None) -> dict:
-    """Top-1/top-5 error of one of our checkpoints (or run directory) or a torchvision weights file."""
-    return ensemble_eval([path], protocol, data_dir, device, batch_size, workers)
-
-
-def run_ensemble(cfg: DictConfig) -> Path:
-    """Table 5 for an experiment with `experiment.ensemble`: the averaged scores of its finished runs,
-    written as an ensemble run directory `<runs_dir>/<profile>/ensemble-<experiment>/summary.json`
-    (`ensemble: true`) beside the members, for the report to read like any run."""
-    from .config import expand_runs, runs_root
-    from .results import RunDir, device_name, now
-
-    runs = expand_runs(cfg)
-    root = runs_root(cfg)
-    members = [RunDir.for_run(root, r) for r in runs]
-    missing = [m.path.name for m in members if not (m.finished and m.checkpoint.exists())]
-    if missing:
-        raise UserError(f"the ensemble needs every member finished with its checkpoint.pt; "
-                        f"missing: {', '.join(missing)}")
-    protocol = cfg.experiment.ensemble.protocol
-    result = ensemble_eval([m.path for m in members], protocol, data_root(cfg.data.root), cfg.device,
-                           int(cfg.train.eval_batch_size))
-    first = members[0].summary()
-    run = RunDir(root / cfg.profile.name / f"ensemble-{cfg.experiment.name}")
-    run.write_summary({
-        "run_id": run.path.name, "experiment": cfg.experiment.name, "status": "finished", "ensemble": True,
-        "profile": cfg.profile.name, "profile_label": cfg.profile.label,
-        "full_schedule": all(m.summary().get("full_schedule") for m in members),
-        "dataset": first.get("dataset"), "test_split": "val", "train_images": first.get("train_images"),
-        "model": {"family": "imagenet", "arch": "ensemble", "depth": None, "shortcut": "",
-                  "name": cfg.experiment.ensemble.get("name", "ensemble")},
-        "members": result["members"], "params": sum(m.summary().get("params") or 0 for m in members),
-        "seed": int(cfg.seed), "eval_protocol": protocol, "images": result["images"],
-        "final_test_error": result["top1_error"], "final_test_top5_error": result["top5_error"],
-        "device": device_name(_eval_engine(cfg.device).device), "finished": now(),
-    })
-    return run.summary_file
+    return Data(train, test, len(train_files.classes), sizes.crop, name, "val", len(train_files), final_tests=finals)

@@ -4,6 +4,9 @@ Errors are in percent. Rows keyed by a ModelSpec name (e.g. "resnet34-B", "plain
 reproduce; rows keyed by another method's name are quoted from the paper for context.
 """
 
+# Sec. 4.2: the CIFAR-10 depths of Fig. 6, Fig. 7 and Table 6 (which adds ResNet-1202).
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+
 # Sec. 4.2: parameters of the CIFAR-10 nets (option A; plain twins have the same), by n (depth 6n+2).
 CIFAR_PARAMS = {3: 269_722, 5: 464_154, 7: 658_586, 9: 853_018, 18: 1_727_962, 200: 19_421_274}
 

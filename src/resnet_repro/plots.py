@@ -4,7 +4,8 @@ A figure draws one profile (schedule), never a mix: `<fig>.png` the profile cove
 (the paper's schedule first on ties), `<fig>-<profile>.png` each other profile with runs to draw. Each
 net is drawn from one run: finished runs before unfinished ones, then the lowest seed. Titles
 and captions name the runs, their schedule, data and seeds; a figure lacking runs is drawn with what
-exists, marked partial, and `FigureResult.missing` says which command makes the rest.
+exists, marked partial, and `FigureResult.missing` says which command makes the rest. A run whose
+files cannot be read is left out, and the caption says so.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global figure registry, no backend to choose
 
-from .report import (CIFAR_DEPTHS, FULL_DATASETS, IMAGENET_COMMANDS, cifar_command, dataset_text, load_metrics,
-                     load_responses, load_runs, pretty, rank_profiles, schedule_text, with_profile)
-from .results import atomic_write_bytes
+from .config import make_dir, net_command, run_command
+from .paper import CIFAR_DEPTHS
+from .results import (FULL_DATASETS, RunDir, Unreadable, atomic_write_bytes, dataset_text, load_runs,
+                      rank_profiles, read_run_metrics, schedule_text)
+from .spec import ModelSpec
 
 FIGURES = {
     "fig1": "Fig. 1: CIFAR-10 training and test error, plain-20 vs plain-56",
@@ -28,8 +31,8 @@ FIGURES = {
     "fig6": "Fig. 6: CIFAR-10 training (dashed) and test (bold) error",
     "fig7": "Fig. 7: std of 3x3 layer responses on CIFAR-10",
 }
-PLAIN = [f"plain{d}" for d in CIFAR_DEPTHS]
-RESNET = [f"resnet{d}-A" for d in CIFAR_DEPTHS]
+PLAIN = [ModelSpec("cifar", "plain", d).name for d in CIFAR_DEPTHS]
+RESNET = [ModelSpec("cifar", "resnet", d).name for d in CIFAR_DEPTHS]
 # name -> (family, nets the figure needs, nets drawn only if present). Plain-110 is above 60% in the
 # paper's Fig. 6 and not shown there.
 _NETS = {
@@ -49,6 +52,14 @@ class FigureResult:
     missing: list[str] = field(default_factory=list)  # "<net>: `<command that makes it>`"
     notes: list[str] = field(default_factory=list)  # seeds left out, runs with nothing to draw yet, axes widened
     partial: bool = False  # some net is missing or drawn from an unfinished run
+
+
+def output_lines(written: Path | FigureResult) -> list[tuple[str, str]]:
+    """What to tell about a file written or a figure drawn, as (kind, text): "wrote", "note", "missing"."""
+    if not isinstance(written, FigureResult):
+        return [("wrote", str(written))]
+    paths = [("wrote", f"{p}" + (" (partial)" if written.partial else "")) for p in written.paths]
+    return paths + [("note", n) for n in written.notes] + [("missing", m) for m in written.missing]
 
 
 def plot_all(runs_dir: Path, results_dir: Path, profile: str | None = None,
@@ -81,6 +92,16 @@ def _figure_runs(name: str, runs_dir: Path):
     return runs, load_responses if name == "fig7" else load_metrics
 
 
+def load_metrics(run) -> pd.DataFrame:
+    """The curves of a row of the runs table (all of them, if it finished)."""
+    done = run.status == "finished" and pd.notna(run.iterations_done)
+    return read_run_metrics(RunDir(run.path), run.iterations_done if done else None)
+
+
+def load_responses(run) -> pd.DataFrame:
+    return RunDir(run.path).read_responses()
+
+
 def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | None = None,
                 formats: tuple[str, ...] = ("png", "pdf"), stem: str | None = None) -> FigureResult:
     """Draw figure `name` from the runs under `runs_dir` (only `profile`'s if given) into
@@ -99,8 +120,7 @@ def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | Non
     fig = _DRAW[name](picked, data, result.notes)
     title = f"{FIGURES[name]}, reproduced" + (" (partial)" if result.partial else "")
     _caption(fig, title, picked, [m for m in required if m not in picked], result.notes)
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = make_dir(results_dir)
     for suffix in formats:
         path = results_dir / f"{stem or name}.{suffix}"
         buffer = io.BytesIO()
@@ -113,13 +133,21 @@ def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | Non
 
 
 def select_runs(runs: pd.DataFrame, models: list[str], profile: str | None = None, load=load_metrics):
-    """One run per net with something to draw: best profile first (report.rank_profiles), then finished
-    before unfinished, unaltered before variants, full data before a sample, lowest seed.
-    Returns ({net: run}, {net: its data}, notes)."""
+    """One run per net with something to draw: best profile first (results.rank_profiles), then finished
+    before unfinished, unaltered before variants, full data before a sample, lowest seed. A run
+    whose files cannot be read is left out, with a note. Returns ({net: run}, {net: its data}, notes)."""
     pool = runs[runs.model.isin(models)]
     if profile:
         pool = pool[pool.profile == profile]
-    loaded = {i: load(Path(p)) for i, p in pool.path.items()}
+    loaded, left_out = {}, []
+    for r in pool.itertuples():
+        try:
+            if r.status == "unreadable":
+                raise Unreadable(Path(r.path) / r.unreadable, "cannot be read")
+            loaded[r.Index] = load(r)
+        except Unreadable as e:
+            left_out.append(f"{r.profile}/{r.run_id} left out: {e.path.name} {e.why}")
+    pool = pool.loc[list(loaded)]
     usable = pool[[not loaded[i].empty for i in pool.index]]
     ranked = rank_profiles(usable)
     picked, data, notes = {}, {}, []
@@ -138,7 +166,7 @@ def select_runs(runs: pd.DataFrame, models: list[str], profile: str | None = Non
             break
     notes += [f"{r.profile}/{r.run_id} ({r.status}) has nothing to draw yet"
               for r in pool.drop(usable.index).itertuples() if r.model not in picked]
-    return picked, data, notes
+    return picked, data, notes + left_out
 
 
 def _missing(name: str, model: str, runs: pd.DataFrame, profile: str | None, command_profile: str | None) -> str:
@@ -149,10 +177,13 @@ def _missing(name: str, model: str, runs: pd.DataFrame, profile: str | None, com
         trained = trained[trained.profile == profile] if profile else trained
         if len(trained):
             return f"{pretty(model)}: no responses.csv{where}: `resnet-repro analyze responses {trained.iloc[0].path}`"
-    if name == "fig4":
-        command = with_profile(IMAGENET_COMMANDS["fig4"], command_profile)
-    else:
-        command = cifar_command(model, command_profile)
+    command = run_command("fig4", command_profile) if name == "fig4" else net_command(model, command_profile)
+    damaged = runs[(runs.model == model) & (runs.unreadable != "")]
+    damaged = damaged[damaged.profile == profile] if profile else damaged
+    if len(damaged):
+        r = damaged.iloc[0]
+        return (f"{pretty(model)}: {r.profile}/{r.run_id} cannot be read ({r.unreadable}): restore it, or delete "
+                f"it and run `{command}`")
     return f"{pretty(model)}: no run{where}: `{command}`"
 
 
@@ -213,7 +244,7 @@ def _fig7(picked, data, notes) -> Figure:
     top, bottom = fig.subplots(2, 1)
     for model, run in picked.items():
         r = data[model].dropna(subset=["std"]).sort_values("layer")
-        style = dict(color=_color(model), marker=".", ms=4, lw=1.2, ls="--" if model.startswith("plain") else "-",
+        style = dict(color=_color(model), marker=".", ms=4, lw=1.2, ls="--" if run.arch == "plain" else "-",
                      label=_label(run, picked))
         top.plot(r.layer, r["std"], **style)
         bottom.plot(range(1, len(r) + 1), r["std"].sort_values(ascending=False), **style)
@@ -242,8 +273,11 @@ _COLORS = {"20": "C0", "32": "C1", "44": "C2", "56": "C3", "110": "C4", "1202": 
 
 
 def _color(model: str) -> str:
-    depth = model.removeprefix("plain").removeprefix("resnet").split("-")[0]
-    return _COLORS.get(depth, "k")
+    return _COLORS.get(str(ModelSpec.parse(model).depth), "k")
+
+
+def pretty(model: str) -> str:
+    return ModelSpec.parse(model).pretty
 
 
 def _label(run, picked) -> str:

@@ -1,4 +1,6 @@
-"""Run every run of an expanded experiment that is not finished yet, sharing the data between runs."""
+"""An experiment end to end, the same for the CLI and for launch.py (SLURM): expand it into runs,
+train each run not finished yet (`run_experiment`, sharing data between runs), then, once all have
+trained, Table 5's ensemble and the experiment's tables and figures (`finish`)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import expand_runs, runs_root
 from .data import build_data
+from .engine import StopFlag, setup_engine
 from .errors import UserError
-from .models import build_model
-from .results import RunDir
-from .train import StopFlag, fit, measure_responses, setup_engine
+from .evaluate import run_ensemble
+from .plots import FIGURES, FigureResult, plot_figures
+from .results import RunDir, Summary
+from .table1 import write_table1
+from .tables import TABLES, write_tables
+from .train import fit
 
 
 def run_experiment(
@@ -21,9 +27,9 @@ def run_experiment(
     restart: bool = False,
     on_run: Callable[[DictConfig, RunDir, str], None] | None = None,
     on_row: Callable[[dict], None] | None = None,
-) -> list[dict]:
+) -> list[Summary]:
     """Train each run of `cfg` (skipping finished ones) and return their summaries.
-    `on_run(run_cfg, run_dir, status)` is told "skip", "resume" or "start" before each."""
+    `on_run(run_cfg, run_dir, status)` is told "skip", "busy", "resume" or "start" before each."""
     runs = expand_runs(cfg)
     root = runs_root(cfg)
     engine = setup_engine(cfg)
@@ -35,7 +41,7 @@ def run_experiment(
             if run.finished:  # finished results are never overwritten
                 if on_run:
                     on_run(run_cfg, run, "skip")
-                summaries.append(run.summary())
+                summaries.append(run.read_summary())
                 continue
             with run.lock(engine.is_main) as locked:
                 if not locked:  # another process is training this run (a parallel sweep)
@@ -58,21 +64,27 @@ def run_experiment(
     return summaries
 
 
-def analyze_responses(run_path: Path, device: str = "auto", data_dir: Path | None = None) -> Path:
-    """Fig. 7 for a finished or checkpointed run: std of each 3x3 layer's response on its test set."""
-    run = RunDir(run_path)
-    if not run.config.exists():
-        raise UserError(f"{run_path} is not a run directory (no config.yaml)")
-    state = run.load_checkpoint()
-    if state is None:
-        raise UserError(f"{run_path} has no checkpoint.pt to analyse; re-run its experiment to produce one")
-    cfg = OmegaConf.load(run.config)
-    cfg.device = device
-    if data_dir is not None:
-        cfg.data.root = str(data_dir)
-    engine = setup_engine(cfg)
-    data = build_data(cfg, engine, int(cfg.seed))
-    model = build_model(cfg.model, data.num_classes).to(engine.device)
-    model.load_state_dict(state["model"])
-    run.write_responses(measure_responses(model, data.test, engine))
-    return run.responses
+def finish(cfg: DictConfig) -> list[Path | FigureResult]:
+    """After every run of `cfg` has trained (one process, rank 0): the ensemble of an experiment that
+    has one, then its reports. Returns the files written and the figures drawn."""
+    written: list[Path | FigureResult] = []
+    if cfg.experiment.get("ensemble"):  # Table 5: the averaged scores of the runs just trained
+        written.append(run_ensemble(cfg))
+    return written + write_reports(cfg, list(cfg.experiment.reports))
+
+
+def write_reports(cfg: DictConfig, names: list[str]) -> list[Path | FigureResult]:
+    """Tables (`tableN`) and figures (`figN`) named by `names`, from the run directories of `cfg`."""
+    runs_dir, results_dir = runs_root(cfg), Path(cfg.results_dir)
+    written: list[Path | FigureResult] = []
+    for name in names:
+        if name == "table1":  # counted from the built models: no runs needed
+            written += write_table1(results_dir)
+        elif name in TABLES:
+            written += write_tables(runs_dir, results_dir, [name])
+        elif name in FIGURES:
+            written += plot_figures(name, runs_dir, results_dir)
+        else:
+            raise UserError(f"experiment.reports names {name!r}: choose from table1, {', '.join(TABLES)}, "
+                            f"{', '.join(FIGURES)}")
+    return written

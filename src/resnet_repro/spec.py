@@ -93,8 +93,7 @@ class ModelSpec:
         """As the paper writes it: "ResNet-110", "plain-56", "ResNet-34 B"."""
         if self.arch == "plain":
             return f"plain-{self.depth}"
-        default = "A" if self.family == "cifar" else "B"
-        extra = "" if self.shortcut == default else f" {self.shortcut}"
+        extra = "" if self.shortcut == "A" else f" {self.shortcut}"  # option A goes unnamed (Table 2, Fig. 4), B and C are named (Table 3)
         return f"ResNet-{self.depth}{extra}" + (" (v1.5)" if self.stride_on == "v1.5" else "")
 
     def overrides(self) -> list[str]:

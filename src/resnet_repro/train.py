@@ -1,19 +1,18 @@
-"""One training loop for every experiment: SGD, step schedule with warm-up (Sec. 3.4, 4.2),
-metrics rows, atomic checkpoints and exact resume, SIGINT/SIGTERM, DDP under torchrun.
+"""One training loop for every experiment, CIFAR-10 and ImageNet alike (Sec. 3.4, 4.2): SGD on the
+step or plateau schedule with the ResNet-110 warm-up, metrics rows, evaluation, atomic checkpoints
+and exact resume, DDP under torchrun.
 
-`fit` reads as a straight line; per-step work is in `train_step`, evaluation in `evaluate`.
-Nothing here prints: progress goes to the `on_row` callback the CLI passes in.
+`fit` reads as a straight line: a step is `train_step`, scoring is `evaluate`, what a resume needs
+is `TrainState`. Nothing here prints: progress goes to the `on_row` callback the caller passes in.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 import torch.distributed as dist
@@ -21,147 +20,14 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
+from .engine import Engine, StopFlag, stop_agreed
 from .errors import Interrupted, TrainingDiverged, UserError
-from .hardware import cpu_bf16_native
+from .hardware import device_name
+from .loader import Data
 from .models import build_model, capture_responses, count_parameters
-from .results import RunDir, device_name, git_commit, now
+from .results import RunDir, Summary, git_commit, now
 
-
-@dataclass
-class Engine:
-    device: torch.device
-    amp: bool  # bf16 autocast
-    channels_last: bool
-    compile: str | None  # a torch.compile mode ("default", "reduce-overhead" = CUDA graphs), None = eager
-    rank: int = 0
-    world: int = 1
-    cpu_group: object = None
-    amp_reason: str = ""  # why bf16 is on or off (goes into the summary and the bench output)  # DDP: a gloo group for host-side agreement (stop flag) that never syncs the GPU
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
-
-def _auto(value, default: bool) -> bool:
-    return default if value == "auto" else bool(value)
-
-
-def choose_amp(value, device: torch.device) -> tuple[bool, str]:
-    """`train.amp`: true | false | auto. auto = bf16 autocast only where the device runs bf16 natively
-    (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX); fp32 everywhere else."""
-    if value != "auto":
-        return bool(value), f"train.amp={str(bool(value)).lower()}"
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-        return native, f"auto: {'bf16' if native else 'fp32'} ({torch.cuda.get_device_name(device)}"\
-                       f"{' supports' if native else ' lacks'} bf16)"
-    if device.type == "cpu":
-        native, evidence = cpu_bf16_native()
-        return native, f"auto: {'bf16, native' if native else 'fp32, bf16 not native'} (CPU {evidence})"
-    return False, f"auto: fp32 on {device.type}"
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_mode(value, device: torch.device, graphs: bool = False) -> str | None:
-    """`train.compile`: true/false, a torch.compile mode, or auto: off on CPU, on for CUDA, as CUDA graphs
-    (reduce-overhead) where `graphs`. A small CIFAR net on one GPU is bound by kernel launches, not the GPU:
-    ResNet-20 on an H200 trained 34.0k images/s with CUDA graphs, 11.8k with the default mode."""
-    if value == "auto":
-        value = ("reduce-overhead" if graphs else True) if device.type == "cuda" else False
-    if isinstance(value, bool):
-        return "default" if value else None
-    if value not in COMPILE_MODES:
-        raise UserError(f"train.compile={value!r}: use auto, true, false or one of {', '.join(COMPILE_MODES)}")
-    return value
-
-
-def is_main_process() -> bool:
-    """Rank 0, or not under torchrun: the one process that prints and writes files."""
-    return int(os.environ.get("RANK", 0)) == 0
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA GPU is visible; use device=cpu or device=auto")
-    return device
-
-
-def setup_engine(cfg: DictConfig) -> Engine:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = select_device(cfg.device)
-    cpu_group = None
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
-    t = cfg.train
-    if device.type == "cpu" and t.threads != "auto":
-        torch.set_num_threads(int(t.threads))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    # CPU defaults, measured for ResNet-20 at batch 128, one thread: on AMX/AVX512-BF16 cores bf16 is
-    # 1.7x fp32 (738 vs 439 images/s) at the same test error (27.1% vs 27.7% after 1.5k iterations);
-    # on AVX2 it is 10x slower, hence `choose_amp`. channels_last adds 10-20% to both. torch.compile is
-    # no faster there after two minutes of compiling, so CUDA only. All cores (threads=auto) is fastest
-    # on an idle machine, but 4-8x slower than train.threads=1 while another process keeps a core busy.
-    amp, amp_reason = choose_amp(t.amp, device)
-    return Engine(
-        device=device,
-        amp=amp,
-        amp_reason=amp_reason,
-        channels_last=_auto(t.channels_last, True),
-        compile=compile_mode(t.compile, device, graphs=cfg.data.family == "cifar" and world == 1),
-        rank=rank,
-        world=world,
-        cpu_group=cpu_group,
-    )
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM, or SIGUSR1/SIGUSR2 that schedulers send before a time limit; the loop
-    saves a checkpoint at the next step boundary and stops. A signal that a Python handler installed
-    before us (submitit's requeue-on-preemption) is handed on to it once the checkpoint is on disk."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
-                    if hasattr(signal, name))
-
-    def __init__(self):
-        self.requested = False
-        self.signum: int | None = None
-
-    def set(self, signum: int | None = None, _frame=None):
-        self.requested = True
-        self.signum = self.signum or signum
-
-    @contextlib.contextmanager
-    def installed(self):
-        previous = {s: signal.signal(s, self.set) for s in self.SIGNALS}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            handler = previous.get(self.signum)
-            if callable(handler) and handler is not signal.default_int_handler:
-                handler(self.signum, None)  # e.g. submitit requeues the job and exits
+# ------------------------------------------------------------------------------------------ schedule
 
 
 def lr_at(iteration: int, train_cfg: DictConfig, warming_up: bool, plateau_drops: int = 0) -> float:
@@ -197,6 +63,21 @@ def uses_warmup(train_cfg: DictConfig, depth: int) -> bool:
     return bool(warmup) and warmup.min_depth is not None and depth >= int(warmup.min_depth)
 
 
+def warmup_over(state: TrainState, train_cfg: DictConfig, engine: Engine) -> bool:
+    """ResNet-110/1202 (Sec. 4.2): train at the warm-up LR "until the training error is below 80%",
+    judged every 10 steps on the steps since the last check (summed over DDP ranks)."""
+    if state.iteration % 10:
+        return False
+    if engine.world > 1:
+        dist.all_reduce(state.warm_window)
+    _, wrong, n = state.warm_window.tolist()
+    state.warm_window.zero_()
+    return 100 * wrong / n < float(train_cfg.warmup.until_train_error)
+
+
+# ------------------------------------------------------------------------------- model and one step
+
+
 def build_optimizer(model: nn.Module, train_cfg: DictConfig) -> torch.optim.SGD:
     # fused: one kernel over all parameters instead of a loop over ~60 tensors (the update of ResNet-20
     # takes 0.2 ms instead of 0.9 on a CPU; far fewer launches on CUDA); same rule and state_dict.
@@ -206,6 +87,28 @@ def build_optimizer(model: nn.Module, train_cfg: DictConfig) -> torch.optim.SGD:
         return torch.optim.SGD(model.parameters(), fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
         return torch.optim.SGD(model.parameters(), **kwargs)
+
+
+def prepare_model(cfg: DictConfig, engine: Engine, num_classes: int) -> tuple[nn.Module, torch.optim.SGD]:
+    """The run's net on the engine's device and memory format, and its optimizer (`fit` and `bench`)."""
+    model = build_model(cfg.model, num_classes).to(engine.device)
+    if engine.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, build_optimizer(model, cfg.train)
+
+
+def stepping_model(model: nn.Module, engine: Engine) -> nn.Module:
+    """What `train_step` calls: the model, wrapped in DDP over ranks and compiled as the engine says.
+    It shares its parameters with `model`, which checkpoints and evaluation use."""
+    if engine.world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[engine.device.index]
+                                                    if engine.device.type == "cuda" else None)
+    return torch.compile(model, mode=engine.compile) if engine.compile else model
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def train_step(model, optimizer, x, y, engine: Engine) -> torch.Tensor:
@@ -223,11 +126,20 @@ def train_step(model, optimizer, x, y, engine: Engine) -> torch.Tensor:
     return torch.stack([loss.detach() * n, wrong, n])
 
 
-def _scores(model, views, engine: Engine) -> torch.Tensor:
+# ----------------------------------------------------------------------------------------- scoring
+
+
+def view_scores(model: nn.Module, views, engine: Engine) -> torch.Tensor:
     """Softmax scores averaged over test-time views: a batch tensor, or a list of them (crops, scales)."""
     views = views if isinstance(views, (list, tuple)) else [views]
     with engine.autocast():
         return sum(F.softmax(model(engine.prepare(v)).float(), 1) for v in views) / len(views)
+
+
+def top_k_wrong(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many images the top-1 and the top-5 scores miss (top-k of all classes where fewer than 5)."""
+    top5 = scores.topk(min(5, scores.shape[1]), 1).indices
+    return torch.stack([(top5[:, 0] != labels).sum(), (top5 != labels[:, None]).all(1).sum()])
 
 
 @torch.inference_mode()
@@ -237,14 +149,54 @@ def evaluate(model: nn.Module, loader, engine: Engine) -> tuple[float, float]:
     model.eval()
     counts = torch.zeros(3, device=engine.device)
     for views, y in loader:
-        top5 = _scores(model, views, engine).topk(min(5, model.fc.out_features), 1).indices
-        wrong1, wrong5 = (top5[:, 0] != y).sum(), (top5 != y[:, None]).all(1).sum()
-        counts += torch.stack([wrong1, wrong5, wrong1.new_full((), y.shape[0])])
+        wrong = top_k_wrong(view_scores(model, views, engine), y)
+        counts += torch.cat([wrong, wrong.new_full((1,), y.shape[0])])
     model.train(was_training)
     if engine.world > 1:
         dist.all_reduce(counts)
     wrong1, wrong5, n = counts.tolist()
     return 100 * wrong1 / n, 100 * wrong5 / n
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable, images: int, engine: Engine) -> int:
+    """Re-estimate every BN layer's running mean/var as a plain average over about `images`
+    training images (train-mode forward passes, no gradient, weights untouched). Returns the
+    number of images used. Under DDP the statistics are averaged over ranks."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    was_training = model.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches seen
+    model.train()
+    seen = 0
+    try:
+        for x, _ in batches:
+            with engine.autocast():
+                model(engine.prepare(x))
+            seen += len(x) * engine.world
+            if seen >= images:
+                break
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    if engine.world > 1:
+        for bn in bns:
+            for buf in (bn.running_mean, bn.running_var):
+                dist.all_reduce(buf)
+                buf.div_(engine.world)
+    return seen
+
+
+def evaluate_run(model: nn.Module, data: Data, data_cfg: DictConfig, engine: Engine, epoch: int) -> tuple[float, float]:
+    """`evaluate` on the test loader, after re-estimating BN statistics on training images of `epoch`
+    if `data.bn_recalibrate_images` says so."""
+    images = int(data_cfg.get("bn_recalibrate_images", 0) or 0)
+    if images:
+        recalibrate_bn(model, data.train.epoch(epoch), images, engine)
+    return evaluate(model, data.test, engine)
 
 
 @torch.inference_mode()
@@ -272,21 +224,97 @@ def measure_responses(model: nn.Module, loader, engine: Engine) -> list[float]:
     return (ss / n - (s / n) ** 2).clamp_min(0).sqrt().tolist()
 
 
-def evaluate_run(model: nn.Module, loader, data, cfg: DictConfig, engine: Engine, epoch: int) -> tuple[float, float]:
-    """`evaluate`, after re-estimating BN statistics on training images if `data.bn_recalibrate_images`."""
-    images = int(cfg.data.get("bn_recalibrate_images", 0) or 0)
-    if images:
-        from .imagenet import recalibrate_bn
-
-        recalibrate_bn(model, data.train.epoch(epoch), images, engine)
-    return evaluate(model, loader, engine)
+# ------------------------------------------------------------------------- what a run carries along
 
 
-def _check_finite(values: list[float], run: RunDir, iteration: int, summary: dict, engine: Engine) -> None:
+@dataclass
+class TrainState:
+    """What a run carries from step to step and across a resume: with the model, the optimizer and
+    the RNG, exactly what the checkpoint holds."""
+
+    iteration: int
+    rows: list[dict]  # metrics rows so far
+    window: torch.Tensor  # (loss sum, wrong, count) since the last metrics row
+    warm_window: torch.Tensor  # the same since the last warm-up check
+    warmup_done: bool
+    started: str
+    wall_s: float  # training time before this session
+
+    @classmethod
+    def new(cls, warmup: bool, device: torch.device) -> TrainState:
+        return cls(0, [], torch.zeros(3, device=device), torch.zeros(3, device=device), not warmup, now(), 0.0)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict, device: torch.device) -> TrainState:
+        return cls(state["iteration"], state["rows"], torch.tensor(state["window"], device=device),
+                   torch.tensor(state.get("warm_window", [0.0, 0.0, 0.0]), device=device), state["warmup_done"],
+                   state["started"], state["wall_s"])
+
+    def to_checkpoint(self, cfg: DictConfig, model: nn.Module, optimizer, wall_s: float) -> dict:
+        return {
+            "run_id": cfg.run.id, "iterations": int(cfg.train.iterations), "iteration": self.iteration,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "rows": self.rows, "window": self.window.tolist(), "warm_window": self.warm_window.tolist(),
+            "warmup_done": self.warmup_done, "started": self.started, "wall_s": wall_s,
+        }
+
+
+def resume(run: RunDir, cfg: DictConfig, model: nn.Module, optimizer, engine: Engine) -> TrainState:
+    """The run's state from its checkpoint (model, optimizer and RNG restored), or a fresh start."""
+    state = run.load_checkpoint()
+    if state is None:
+        return TrainState.new(uses_warmup(cfg.train, int(cfg.run.depth)), engine.device)
+    if state.get("run_id") != cfg.run.id or state.get("iterations") != int(cfg.train.iterations):
+        raise UserError(f"checkpoint {run.checkpoint} belongs to another run or schedule; "
+                        f"re-run with --restart to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return TrainState.from_checkpoint(state, engine.device)
+
+
+def batches_from(loader, iteration: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(epoch, images, labels) from the batch of `iteration` on, epoch after epoch, without end."""
+    epoch, first = divmod(iteration, len(loader))
+    while True:
+        for x, y in loader.epoch(epoch, first):
+            yield epoch, x, y
+        epoch, first = epoch + 1, 0
+
+
+def metrics_row(state: TrainState, lr: float, per_epoch: int, images: float, seconds: float, wall_s: float) -> dict:
+    """The metrics.csv row that closes a log window: loss and error over the window (already summed
+    over ranks), speed and training time; the caller adds the test errors where it evaluated."""
+    loss_sum, wrong, n = state.window.tolist()
+    return {"iteration": state.iteration, "epoch": round(state.iteration / per_epoch, 3), "lr": lr,
+            "train_loss": loss_sum / n, "train_error": 100 * wrong / n, "images_per_s": images / seconds,
+            "wall_s": wall_s}
+
+
+def start_summary(cfg: DictConfig, data: Data, engine: Engine, model: nn.Module, state: TrainState) -> Summary:
+    m = cfg.model
+    return Summary(
+        run_id=cfg.run.id, experiment=cfg.experiment.name, status="running",
+        profile=cfg.profile.name, profile_label=cfg.profile.label,
+        full_schedule=bool(cfg.profile.full_schedule) and bool(cfg.run.get("keeps_schedule", not cfg.run.variant)),
+        dataset=data.name, test_split=data.test_split, train_images=data.train_size,
+        model={"family": m.family, "arch": m.arch, "depth": int(cfg.run.depth),
+               "shortcut": "none" if m.arch == "plain" else m.shortcut, "stride_on": m.get("stride_on", "v1"),
+               "name": cfg.run.model_name},
+        params=count_parameters(model), seed=int(cfg.seed), iterations=int(cfg.train.iterations),
+        iterations_done=state.iteration, batch_size=int(cfg.train.batch_size),
+        eval_protocol=cfg.data.get("eval_protocol", "single"), amp=engine.amp, amp_reason=engine.amp_reason,
+        wall_s=state.wall_s, device=device_name(engine.device), world_size=engine.world, git_commit=git_commit(),
+        torch=torch.__version__, started=state.started, overrides=list(cfg.experiment.get("overrides", [])),
+        variant=cfg.run.variant,
+    )
+
+
+def check_finite(values: list[float], run: RunDir, iteration: int, summary: Summary, engine: Engine) -> None:
     """Stop on a NaN/inf loss (or weights). Every rank sees the same reduced values, so all stop together."""
     if not all(math.isfinite(v) for v in values):
-        summary.update(status="failed", failure=f"non-finite loss or weights by iteration {iteration}",
-                       iterations_done=iteration)
+        summary.status, summary.iterations_done = "failed", iteration
+        summary.failure = f"non-finite loss or weights by iteration {iteration}"
         if engine.is_main:
             run.write_summary(summary)
         kept = f"the last good checkpoint is kept in {run.path}" if run.checkpoint.exists() else "no checkpoint saved"
@@ -294,174 +322,96 @@ def _check_finite(values: list[float], run: RunDir, iteration: int, summary: dic
                                f"(try a lower train.lr, or train.amp=false)")
 
 
-def _health(window: torch.Tensor, model: nn.Module, engine: Engine) -> list[float]:
+def health(state: TrainState, model: nn.Module, engine: Engine) -> list[float]:
     """The loss sum since the last row and the sum of all weights, reduced over ranks: a diverged
     step can leave finite loss but NaN weights, which must never be checkpointed."""
     weights = torch.stack([p.detach().float().sum() for p in model.parameters()]).sum()
-    values = torch.stack([window[0], weights])
+    values = torch.stack([state.window[0], weights])
     if engine.world > 1:
         dist.all_reduce(values)
     return values.tolist()
 
 
-STOP_POLL = 10  # DDP: ranks agree on a stop request every this many steps (a tiny CPU all-reduce)
+# ---------------------------------------------------------------------------------------- the loop
 
 
-def _stop_agreed(stop: StopFlag, engine: Engine, iteration: int) -> bool:
-    """A signal reaches each rank at a slightly different step; all must stop at the same one."""
-    if engine.world == 1:
-        return stop.requested
-    if iteration % STOP_POLL:
-        return False
-    flag = torch.tensor([float(stop.requested)])
-    dist.all_reduce(flag, group=engine.cpu_group)
-    stop.requested = flag.item() > 0
-    return stop.requested
-
-
-def fit(cfg: DictConfig, run: RunDir, data, engine: Engine, on_row: Callable[[dict], None] | None = None,
-        stop: StopFlag | None = None) -> dict:
+def fit(cfg: DictConfig, run: RunDir, data: Data, engine: Engine, on_row: Callable[[dict], None] | None = None,
+        stop: StopFlag | None = None) -> Summary:
     """Train the run described by `cfg` to `train.iterations`, resuming from its checkpoint if any."""
     t = cfg.train
     stop = stop or StopFlag()
     torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, data.num_classes).to(engine.device)
-    if engine.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, t)
-    warmup = uses_warmup(t, int(cfg.run.depth))
-    state = run.load_checkpoint()
-    if state is not None:
-        if state.get("run_id") != cfg.run.id or state.get("iterations") != int(t.iterations):
-            raise UserError(f"checkpoint {run.checkpoint} belongs to another run or schedule; "
-                            f"re-run with --restart to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-    else:
-        state = {"iteration": 0, "rows": [], "window": [0.0, 0.0, 0.0], "warmup_done": not warmup, "wall_s": 0.0,
-                 "started": now()}
-    summary = _summary(cfg, run, data, engine, model, state)
-    step_model = model
-    if engine.world > 1:
-        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[engine.device.index]
-                                                         if engine.device.type == "cuda" else None)
-    if engine.compile:
-        step_model = torch.compile(step_model, mode=engine.compile)
+    model, optimizer = prepare_model(cfg, engine, data.num_classes)
+    state = resume(run, cfg, model, optimizer, engine)
+    summary = start_summary(cfg, data, engine, model, state)
+    stepper = stepping_model(model, engine)
+    session_start = time.perf_counter()
 
-    it, rows, warmup_done = state["iteration"], state["rows"], state["warmup_done"]
-    window = torch.tensor(state["window"], device=engine.device)
-    warm_window = torch.tensor(state.get("warm_window", [0.0, 0.0, 0.0]), device=engine.device)
-    session_start, window_start, wall_before = time.perf_counter(), time.perf_counter(), state["wall_s"]
-    window_images = 0.0
+    def wall_s() -> float:
+        return state.wall_s + time.perf_counter() - session_start
 
-    def checkpoint():
-        _check_finite(_health(window, model, engine), run, it, summary, engine)  # never save a diverged state
-        if not engine.is_main:
-            return
-        run.save_checkpoint({
-            "run_id": cfg.run.id, "iterations": int(t.iterations), "iteration": it, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "rows": rows,
-            "window": window.tolist(), "warm_window": warm_window.tolist(), "warmup_done": warmup_done,
-            "started": state["started"], "wall_s": wall_before + time.perf_counter() - session_start,
-        })
+    def checkpoint() -> None:
+        check_finite(health(state, model, engine), run, state.iteration, summary, engine)  # never save a diverged state
+        if engine.is_main:
+            run.save_checkpoint(state.to_checkpoint(cfg, model, optimizer, wall_s()))
 
     if engine.is_main:
         run.write_config(cfg)
-        run.write_metrics(rows)
+        run.write_metrics(state.rows)
         run.write_summary(summary)
-    batches_per_epoch = len(data.train)
-    plateau_drops = count_plateau_drops(rows, t)
-    while it < t.iterations:
-        epoch, first = divmod(it, batches_per_epoch)
-        for x, y in data.train.epoch(epoch, first):
-            lr = lr_at(it, t, warming_up=not warmup_done, plateau_drops=plateau_drops)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step = train_step(step_model, optimizer, x, y, engine)
-            window += step
-            it += 1
-            window_images += float(len(y) * engine.world)
-            if not warmup_done:  # leave warm-up once training error < 80% (checked every 10 steps)
-                warm_window += step
-                if it % 10 == 0:
-                    if engine.world > 1:
-                        dist.all_reduce(warm_window)
-                    _, wrong, n = warm_window.tolist()
-                    warmup_done = 100 * wrong / n < float(t.warmup.until_train_error)
-                    warm_window.zero_()
-            last = it == t.iterations
-            if it % t.log_every == 0 or last:
-                if engine.world > 1:
-                    dist.all_reduce(window)
-                loss_sum, wrong, n = window.tolist()
-                _check_finite([loss_sum], run, it, summary, engine)
-                elapsed = time.perf_counter() - window_start
-                row = {"iteration": it, "epoch": round(it / batches_per_epoch, 3), "lr": lr,
-                       "train_loss": loss_sum / n, "train_error": 100 * wrong / n,
-                       "images_per_s": window_images / elapsed,
-                       "wall_s": wall_before + time.perf_counter() - session_start}
-                if it % t.eval_every == 0 or last:
-                    row["test_error"], row["test_top5_error"] = evaluate_run(model, data.test, data, cfg, engine,
-                                                                             epoch)
-                    if data.num_classes <= 10 and data.name.startswith("cifar"):
-                        row["test_top5_error"] = None  # not reported on CIFAR
-                rows.append(row)
-                plateau_drops = count_plateau_drops(rows, t)
-                window.zero_()
-                window_images, window_start = 0.0, time.perf_counter()
-                if engine.is_main:
-                    run.write_metrics(rows)
-                    if on_row:
-                        on_row(row)
-            stopping = _stop_agreed(stop, engine, it)
-            if it % t.checkpoint_every == 0 or last or stopping:
-                checkpoint()
-            if stopping:
-                summary.update(status="interrupted", iterations_done=it)
-                if engine.is_main:
-                    run.write_summary(summary)
-                raise Interrupted(f"interrupted at iteration {it}/{t.iterations}; checkpoint saved in {run.path}; "
-                                  f"run the same command again to resume")
-            if last:
-                break
+    per_epoch = len(data.train)
+    plateau_drops = count_plateau_drops(state.rows, t)
+    window_start, window_images = time.perf_counter(), 0.0
+    for epoch, x, y in islice(batches_from(data.train, state.iteration), max(0, t.iterations - state.iteration)):
+        lr = lr_at(state.iteration, t, warming_up=not state.warmup_done, plateau_drops=plateau_drops)
+        set_lr(optimizer, lr)
+        step = train_step(stepper, optimizer, x, y, engine)
+        state.window += step
+        state.iteration += 1
+        window_images += float(len(y) * engine.world)
+        if not state.warmup_done:
+            state.warm_window += step
+            state.warmup_done = warmup_over(state, t, engine)
+        last = state.iteration == t.iterations
+        if state.iteration % t.log_every == 0 or last:
+            if engine.world > 1:
+                dist.all_reduce(state.window)
+            row = metrics_row(state, lr, per_epoch, window_images, time.perf_counter() - window_start, wall_s())
+            check_finite([row["train_loss"]], run, state.iteration, summary, engine)
+            if state.iteration % t.eval_every == 0 or last:
+                row["test_error"], top5 = evaluate_run(model, data, cfg.data, engine, epoch)
+                row["test_top5_error"] = top5 if data.top5 else None
+            state.rows.append(row)
+            plateau_drops = count_plateau_drops(state.rows, t)
+            state.window.zero_()
+            window_images, window_start = 0.0, time.perf_counter()
+            if engine.is_main:
+                run.write_metrics(state.rows)
+                if on_row:
+                    on_row(row)
+        stopping = stop_agreed(stop, engine, state.iteration)
+        if state.iteration % t.checkpoint_every == 0 or last or stopping:
+            checkpoint()
+        if stopping:
+            summary.status, summary.iterations_done = "interrupted", state.iteration
+            if engine.is_main:
+                run.write_summary(summary)
+            raise Interrupted(f"interrupted at iteration {state.iteration}/{t.iterations}; checkpoint saved in "
+                              f"{run.path}; run the same command again to resume")
 
     if t.responses:
         responses = measure_responses(model, data.test, engine)  # every rank holds part of the test set
         if engine.is_main:
             run.write_responses(responses)
-    final_tests = getattr(data, "final_tests", {})
-    if final_tests:  # ImageNet: the final model under each protocol the tables need (10-crop, multi-scale)
-        summary["final_eval"] = {protocol: dict(zip(("top1_error", "top5_error"), evaluate(model, loader, engine)))
-                                 for protocol, loader in final_tests.items()}
-    final = rows[-1]
-    summary.update(
-        status="finished", iterations_done=it, finished=now(),
-        final_test_error=final.get("test_error"), final_test_top5_error=final.get("test_top5_error"),
-        final_train_error=final["train_error"],
-        best_test_error=min(r["test_error"] for r in rows if r.get("test_error") is not None),
-        wall_s=wall_before + time.perf_counter() - session_start,
-    )
+    if data.final_tests:  # the final model under each protocol the tables need (ImageNet: 10-crop, multi-scale)
+        summary.final_eval = {protocol: dict(zip(("top1_error", "top5_error"), evaluate(model, loader, engine)))
+                              for protocol, loader in data.final_tests.items()}
+    final = state.rows[-1]
+    summary.status, summary.iterations_done, summary.finished = "finished", state.iteration, now()
+    summary.final_test_error, summary.final_test_top5_error = final.get("test_error"), final.get("test_top5_error")
+    summary.final_train_error = final["train_error"]
+    summary.best_test_error = min(r["test_error"] for r in state.rows if r.get("test_error") is not None)
+    summary.wall_s = wall_s()
     if engine.is_main:
         run.write_summary(summary)
     return summary
-
-
-def _summary(cfg: DictConfig, run: RunDir, data, engine: Engine, model: nn.Module, state: dict) -> dict:
-    m = cfg.model
-    return {
-        "run_id": cfg.run.id, "experiment": cfg.experiment.name, "status": "running",
-        "profile": cfg.profile.name, "profile_label": cfg.profile.label,
-        "full_schedule": bool(cfg.profile.full_schedule) and bool(cfg.run.get("keeps_schedule", not cfg.run.variant)),
-        "dataset": data.name, "test_split": data.test_split, "train_images": data.train_size,
-        "model": {"family": m.family, "arch": m.arch, "depth": int(cfg.run.depth),
-                  "shortcut": "none" if m.arch == "plain" else m.shortcut, "stride_on": m.get("stride_on", "v1"),
-                  "name": cfg.run.model_name},
-        "params": count_parameters(model), "seed": int(cfg.seed), "iterations": int(cfg.train.iterations),
-        "iterations_done": state["iteration"], "batch_size": int(cfg.train.batch_size),
-        "eval_protocol": cfg.data.get("eval_protocol", "single"), "amp": engine.amp,
-        "amp_reason": engine.amp_reason,
-        "wall_s": state["wall_s"], "device": device_name(engine.device), "world_size": engine.world,
-        "git_commit": git_commit(), "torch": torch.__version__, "started": state["started"], "finished": None,
-        "overrides": list(cfg.experiment.get("overrides", [])), "variant": cfg.run.variant,
-    }

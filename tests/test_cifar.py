@@ -1,9 +1,12 @@
+"""CIFAR-10 as tensors: the folder reader, the bundled sample, and the on-device loader's crops, flips,
+order and DDP split."""
+
 import pickle
 
 import pytest
 import torch
 
-from resnet_repro.data import (
+from resnet_repro.cifar import (
     TensorImageLoader, crop, hold_out_validation, load_cifar10, read_bundled_sample, read_cifar10_folder,
 )
 from resnet_repro.errors import UserError
@@ -111,7 +114,7 @@ def test_ranks_split_each_global_batch():
 def test_a_declared_lossy_copy_names_the_data(fake_cifar):
     from omegaconf import OmegaConf
 
-    from resnet_repro.data import build_cifar
+    from resnet_repro.cifar import build_cifar
 
     cfg = OmegaConf.create({"sample": False, "root": str(fake_cifar), "download": False, "validation_size": 0,
                             "pad": 4, "encoding": "jpeg90"})

@@ -1,0 +1,32 @@
+"""What every loader gives the one training loop (CIFAR-10 tensors and ImageNet folders alike).
+
+A loader has `len(loader)` batches per epoch and `loader.epoch(e, start_batch)` yielding
+`(images, labels)` on the training device. The order and augmentation of epoch `e` depend only on
+`(seed, e)`, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Counter-based: the randomness of an epoch is a pure function of (seed, epoch).
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+@dataclass
+class Data:
+    """The loaders of one run and what the results say about its data."""
+
+    train: object  # a loader as above
+    test: object  # evaluation batches `(views, labels)`: views a tensor, or a list of test-time views
+    num_classes: int
+    image_size: int
+    name: str  # "cifar10", "cifar10_sample", "imagenette_64px_proxy", ...: named in every result
+    test_split: str  # "test", "val", or "test[:500]" for a subset
+    train_size: int
+    top5: bool = True  # report top-5 error (the paper gives none for CIFAR-10)
+    final_tests: dict = field(default_factory=dict)  # protocol -> test loader, scored once at the end (Tables 2-4)

@@ -1,0 +1,158 @@
+"""`fit`: exact resume, durability, divergence, warm-up and the schedules, checkpoint format.
+
+Everything trains ResNet-8 (n=1) on the bundled sample with small batches, on the CPU, through the
+real `fit`: a stop arrives between steps exactly as a signal would.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from training import read_metrics, setup, tiny_cfg, with_train, without_timing
+
+from resnet_repro import train
+from resnet_repro.engine import StopFlag
+from resnet_repro.errors import Interrupted, TrainingDiverged, UserError
+from resnet_repro.models import build_model
+from resnet_repro.train import fit, lr_at
+
+# crosses an epoch (31 batches of 32), a warm-up poll, log rows, evaluations and checkpoints.
+RESUME = ["train.iterations=40", "train.milestones=[24,32]", "train.log_every=4", "train.eval_every=20",
+          "train.checkpoint_every=16", "train.warmup.min_depth=8", "train.warmup.until_train_error=95"]
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    cfg, engine, data, whole = setup(tmp_path / "a", *RESUME)
+    fit(cfg, whole, data, engine)
+
+    _, _, _, parts = setup(tmp_path / "b", *RESUME)
+    stop = StopFlag()
+    # 1) a stop request after step 7: mid log-window, mid warm-up poll, mid epoch
+    stopper = with_train(data, lambda it: stop.set() if it == 6 else None)
+    with pytest.raises(Interrupted, match="interrupted at iteration 7/40"):
+        fit(cfg, parts, stopper, engine, stop=stop)
+    assert parts.read_summary().status == "interrupted" and torch.load(parts.checkpoint)["iteration"] == 7
+    # 2) resumed by a fresh call, stopped again from the on_row callback after the epoch boundary
+    stop = StopFlag()
+    with pytest.raises(Interrupted, match="at iteration 36/40"):
+        fit(cfg, parts, data, engine, on_row=lambda row: stop.set() if row["iteration"] == 36 else None, stop=stop)
+    # 3) and run to the end
+    summary = fit(cfg, parts, data, engine, stop=StopFlag())
+    assert summary.status == "finished" and summary.iterations_done == 40
+
+    a, b = torch.load(whole.checkpoint), torch.load(parts.checkpoint)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    rows_a, rows_b = read_metrics(whole), read_metrics(parts)
+    assert without_timing(rows_a) == without_timing(rows_b)
+    # the warm-up ended and went back to the base LR, then the schedule divided it by 10 twice
+    lrs = [float(r["lr"]) for r in rows_a]
+    assert lrs[0] == 0.01 and 0.1 in lrs and lrs[-1] == pytest.approx(0.001)
+    assert [r["iteration"] for r in rows_a] == [str(i) for i in range(4, 41, 4)]
+
+
+def test_lr_at_warmup_then_schedule():
+    cfg = tiny_cfg(Path("unused"), "train.milestones=[10,20]")
+    assert lr_at(3, cfg.train, warming_up=True) == 0.01
+    assert [lr_at(i, cfg.train, warming_up=False) for i in (3, 10, 20)] == pytest.approx([0.1, 0.01, 0.001])
+
+
+def test_corrupt_checkpoint_is_a_user_error_naming_the_file(tmp_path):
+    cfg, engine, data, run = setup(tmp_path / "runs")
+    run.path.mkdir(parents=True)
+    run.checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=re.escape(str(run.checkpoint))):
+        fit(cfg, run, data, engine)
+
+
+def test_divergence_keeps_last_good_checkpoint_and_records_failure(tmp_path):
+    over = ["train.iterations=16", "train.milestones=[100]", "train.log_every=4", "train.checkpoint_every=4",
+            "train.eval_every=16"]
+    cfg, engine, data, run = setup(tmp_path / "runs", *over)
+
+    def poison(it):  # from step 10 on the images are NaN: the loss is NaN from then on
+        if it == 9:
+            data.train.images.fill_(float("nan"))
+
+    saved = data.train.images.clone()
+    try:
+        with pytest.raises(TrainingDiverged, match="by iteration 12"):
+            fit(cfg, run, with_train(data, poison), engine)
+    finally:
+        data.train.images.copy_(saved)
+    state = torch.load(run.checkpoint)
+    assert state["iteration"] == 8 and all(t.isfinite().all() for t in state["model"].values())
+    summary = run.read_summary()
+    assert summary.status == "failed" and "12" in summary.failure
+
+    # a learning rate that blows the weights up is caught too (finite loss, infinite weights)
+    cfg, engine, data, run = setup(tmp_path / "lr", *over, "train.lr=1e6")
+    with pytest.raises(TrainingDiverged):
+        fit(cfg, run, data, engine)
+    assert run.read_summary().status == "failed"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_step_never_syncs_with_the_host(tmp_path):
+    cfg, engine, data, _ = setup(tmp_path, "device=cuda", "train.compile=false")
+    model = build_model(cfg.model, 10).to(engine.device).to(memory_format=torch.channels_last)
+    optimizer = train.build_optimizer(model, cfg.train)
+    batches = data.train.epoch(0)
+    window = torch.zeros(3, device=engine.device)
+    for x, y in [next(batches) for _ in range(2)]:  # warm-up: cuDNN autotuning may sync
+        window += train.train_step(model, optimizer, x, y, engine)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            x, y = next(batches)
+            window += train.train_step(model, optimizer, x, y, engine)
+        for _, _ in zip(range(2), data.train.epoch(1)):  # a new epoch's randomness reaches the GPU without a sync
+            pass
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert window.tolist()[2] == 5 * 32
+
+
+
+
+def test_plateau_schedule_divides_after_patience_evaluations():
+    t = OmegaConf.create({"lr": 0.1, "schedule": "plateau", "milestones": [],
+                         "plateau": {"patience": 2, "threshold": 0.1, "max_drops": 2}})
+    rows = [{"test_error": e} for e in (50, 40, 39.95, 39.99, 30, 31, 32, 33, 34, 35, 36)]
+    drops = [train.count_plateau_drops(rows[:k], t) for k in range(len(rows) + 1)]
+    assert drops == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert train.lr_at(0, t, False, plateau_drops=2) == pytest.approx(0.001)
+
+
+CHECKPOINT_KEYS = {"run_id", "iterations", "iteration", "model", "optimizer", "torch_rng", "rows", "window",
+                   "warm_window", "warmup_done", "started", "wall_s"}
+
+
+def test_the_checkpoint_holds_the_train_state_and_reads_back(tmp_path):
+    cfg, engine, data, run = setup(tmp_path / "runs", "train.iterations=8", "train.milestones=[6]",
+                                   "train.log_every=3", "train.checkpoint_every=8")
+    fit(cfg, run, data, engine)
+    saved = torch.load(run.checkpoint)
+    assert saved.keys() == CHECKPOINT_KEYS and saved["iteration"] == 8 and len(saved["rows"]) == 3
+    state = train.TrainState.from_checkpoint(saved, engine.device)
+    assert (state.iteration, state.rows, state.warmup_done, state.wall_s) == (8, saved["rows"], True, saved["wall_s"])
+    model, optimizer = train.prepare_model(cfg, engine, data.num_classes)
+    model.load_state_dict(saved["model"])
+    again = state.to_checkpoint(cfg, model, optimizer, saved["wall_s"])
+    assert again.keys() == CHECKPOINT_KEYS and again["window"] == saved["window"] and again["run_id"] == cfg.run.id
+    del saved["warm_window"]  # written before warm-up windows were checkpointed
+    assert train.TrainState.from_checkpoint(saved, engine.device).warm_window.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_checkpoint_of_another_run_or_schedule_is_refused(tmp_path):
+    cfg, engine, data, run = setup(tmp_path / "runs", "train.iterations=3", "train.milestones=[2]")
+    fit(cfg, run, data, engine)
+    longer, _, _, _ = setup(tmp_path / "runs", "train.iterations=4", "train.milestones=[2]")
+    with pytest.raises(UserError, match="another run or schedule"):
+        fit(longer, run, data, engine)
