@@ -20,7 +20,8 @@ from resnet_repro.train import fit, lr_at
 
 # crosses an epoch (31 batches of 32), a warm-up poll, log rows, evaluations and checkpoints.
 RESUME = ["train.iterations=40", "train.milestones=[24,32]", "train.log_every=4", "train.eval_every=20",
-          "train.checkpoint_every=16", "train.warmup.min_depth=8", "train.warmup.until_train_error=95"]
+          "train.checkpoint_every=16", "train.warmup.min_depth=8", "train.warmup.until_train_error=95",
+          "train.warmup.window=10", "train.warmup.min_iterations=0"]
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
@@ -131,7 +132,7 @@ def test_plateau_schedule_divides_after_patience_evaluations():
 
 
 CHECKPOINT_KEYS = {"run_id", "iterations", "iteration", "model", "optimizer", "torch_rng", "rows", "window",
-                   "warm_window", "warmup_done", "started", "wall_s"}
+                   "warm_window", "warmup_done", "started", "wall_s", "warm_history", "warmup_end"}
 
 
 def test_the_checkpoint_holds_the_train_state_and_reads_back(tmp_path):
@@ -146,8 +147,10 @@ def test_the_checkpoint_holds_the_train_state_and_reads_back(tmp_path):
     model.load_state_dict(saved["model"])
     again = state.to_checkpoint(cfg, model, optimizer, saved["wall_s"])
     assert again.keys() == CHECKPOINT_KEYS and again["window"] == saved["window"] and again["run_id"] == cfg.run.id
-    del saved["warm_window"]  # written before warm-up windows were checkpointed
-    assert train.TrainState.from_checkpoint(saved, engine.device).warm_window.tolist() == [0.0, 0.0, 0.0]
+    for key in ("warm_window", "warm_history", "warmup_end"):  # written before these were checkpointed
+        del saved[key]
+    old = train.TrainState.from_checkpoint(saved, engine.device)
+    assert old.warm_window.tolist() == [0.0, 0.0, 0.0] and old.warm_history == [] and old.warmup_end is None
 
 
 def test_a_checkpoint_of_another_run_or_schedule_is_refused(tmp_path):
@@ -156,3 +159,33 @@ def test_a_checkpoint_of_another_run_or_schedule_is_refused(tmp_path):
     longer, _, _, _ = setup(tmp_path / "runs", "train.iterations=4", "train.milestones=[2]")
     with pytest.raises(UserError, match="another run or schedule"):
         fit(longer, run, data, engine)
+
+
+def warmup_end(errors_per_check: list[float], **warmup) -> int | None:
+    """Where the warm-up rule ends for a run whose training error over each 10-step block is given."""
+    t = OmegaConf.create({"warmup": {"until_train_error": 80.0, **warmup}})
+    engine = train.Engine(torch.device("cpu"), amp=False, channels_last=False, compile=None)
+    state = train.TrainState.new(True, engine.device)
+    for error in errors_per_check:
+        state.warm_window += torch.tensor([0.0, error * 1.28, 128.0])  # one block: 10 steps of 12.8 images
+        state.iteration += train.WARMUP_CHECK
+        if train.warmup_over(state, t, engine):
+            return state.iteration
+    return None
+
+
+def test_warmup_ends_on_a_trailing_window_and_not_before_its_minimum():
+    noisy = [90, 90, 70, 90, 90] + [85] * 20 + [75] * 30  # one lucky block at iteration 30
+    assert warmup_end(noisy, window=10, min_iterations=0) == 30  # the old rule: ended on noise
+    # 100 iterations of history: the lucky block is outvoted; ends once the last 10 blocks average < 80%
+    assert warmup_end(noisy, window=100, min_iterations=200) == 310
+    assert warmup_end([50] * 40, window=100, min_iterations=200) == 200  # easy from the start: held 200
+    assert warmup_end([85] * 40, window=100, min_iterations=200) is None
+
+
+def test_the_warmup_end_is_logged_in_the_summary(tmp_path):
+    cfg, engine, data, run = setup(tmp_path / "runs", *RESUME)
+    summary = fit(cfg, run, data, engine)
+    assert summary.warmup_end is not None and summary.warmup_end % 10 == 0
+    lrs = {int(r["iteration"]): float(r["lr"]) for r in read_metrics(run)}
+    assert lrs[summary.warmup_end - summary.warmup_end % 4] == 0.01  # the row before it still warming up

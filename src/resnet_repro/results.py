@@ -70,13 +70,14 @@ class Summary:
     final_test_top5_error: float | None = None
     final_train_error: float | None = None
     best_test_error: float | None = None
+    warmup_end: int | None = None  # ResNet-110/1202: the iteration the warm-up LR ended at
     final_eval: dict | None = None  # ImageNet: protocol -> {"top1_error", "top5_error"} of the final model
     failure: str | None = None  # why a failed run stopped
     ensemble: bool = False  # Table 5: averaged scores of `members`, tested on `images` images
     members: list[str] | None = None
     images: int | None = None
 
-    _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images")
+    _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
