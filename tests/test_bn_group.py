@@ -64,3 +64,11 @@ def test_the_net_with_ghost_bn_has_the_same_parameters_and_its_own_run_id():
     assert run.run.id == "resnet20-A-seed0-bn64" and run.run.keeps_schedule
     [default] = expand_runs(compose_experiment("custom", ["model.bn_group=null"]))
     assert default.run.id == "resnet20-A-seed0"
+
+
+@pytest.mark.parametrize("group", ["48", "1", "abc"])
+def test_a_bn_group_that_does_not_divide_the_batch_is_one_line_error(group):
+    from resnet_repro.errors import UserError
+
+    with pytest.raises(UserError, match="model.bn_group=.* must be a whole number >= 2 that divides"):
+        expand_runs(compose_experiment("custom", [f"model.bn_group={group}"]))

@@ -166,6 +166,10 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
                 spec = spec_from_config(run.model)
             except (OmegaConfBaseException, ValueError, TypeError) as e:
                 raise UserError(f"bad model settings {dict(entry)}: {e}")
+            group = run.model.get("bn_group")
+            if group is not None and (not isinstance(group, int) or group < 2 or int(run.train.batch_size) % group):
+                raise UserError(f"model.bn_group={group} must be a whole number >= 2 that divides train.batch_size="
+                                f"{run.train.batch_size} (e.g. 64 for the paper's two GPUs of 64)")
             run.seed = seed
             run.data.sample = resolve_sample(cfg)
             # a run on the sample is kept apart from the same run on the full data, except in the
