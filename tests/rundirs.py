@@ -33,7 +33,9 @@ def make_run(runs_dir: Path, profile: str, model_name: str, seed: int = 0, n_poi
                  "name": model_name}
     iterations = iterations or ITERATIONS.get(profile, 1000)
     train_final = final_error - 3 if final_train_error is None else final_train_error
-    run_id = re.sub(r"[^\w.-]", "", model_name) + f"-seed{seed}" + (f"-{variant}" if variant else "")
+    encoding = (dataset or "").partition("_")[2]
+    data_tag = f"-{encoding}" if encoding.startswith("jpeg") else ""  # a lossy copy is named, as config.run_id does
+    run_id = re.sub(r"[^\w.-]", "", model_name) + f"-seed{seed}" + data_tag + (f"-{variant}" if variant else "")
     run = RunDir(Path(runs_dir) / profile / run_id)
 
     done = status == "finished"

@@ -34,22 +34,23 @@ def test_fig1_writes_png_and_pdf_with_two_panels(runs, results):
     assert legend(train) == ["plain-20", "plain-56"]
     assert test.lines[1].get_ydata()[-1] == pytest.approx(12.0)  # the test panel draws test error
     assert train.lines[1].get_ydata()[-1] == pytest.approx(9.0)  # training error, 3 points below by default
-    assert train.get_xlabel() == "iter. (1e4)" and train.get_ylim() == (0, 20)
+    assert train.get_xlabel() == "iter. (1e4)"
+    # the whole of each curve in view (the paper's 0-20% cuts off where they start)
+    assert train.get_ylim()[1] >= max(max(line.get_ydata()) for ax in (train, test) for line in ax.lines)
     assert "plain-20 seed 0, plain-56 seed 0: paper schedule; data cifar10." in caption(result.figure)
+    assert "profile paper, 64k iterations (the paper's schedule); data: CIFAR-10" in caption(result.figure)
 
 
-def test_fig6_has_three_panels_with_train_test_and_guide_lines(runs, results):
+def test_fig6_has_three_panels_with_train_and_test_lines(runs, results):
     for d in CIFAR:
         make_run(runs, "paper", f"plain{d}", final_error=8 + d / 20)
         make_run(runs, "paper", f"resnet{d}-A", final_error=9 - d / 50)
     make_run(runs, "paper", "resnet1202-A", final_error=7.9)
     result = plots.plot_figure("fig6", runs, results, formats=PNG)
     plain, resnet, deep = result.figure.axes
-    # two curves per net (dashed training, bold test) plus the dotted 5% line; plain-110 drawn too
-    assert [len(ax.lines) for ax in (plain, resnet, deep)] == [2 * 5 + 1, 2 * 5 + 1, 2 * 2 + 1]
+    # two curves per net (dashed training, bold test), nothing else; plain-110 drawn too
+    assert [len(ax.lines) for ax in (plain, resnet, deep)] == [2 * 5, 2 * 5, 2 * 2]
     assert [ax.get_ylim() for ax in (plain, resnet, deep)] == [(0, 20)] * 3
-    guide = plain.lines[-1]
-    assert guide.get_linestyle() == ":" and list(guide.get_ydata()) == [5, 5]
     assert [line.get_linestyle() for line in resnet.lines[:2]] == ["--", "-"]
     assert legend(deep) == ["ResNet-110", "ResNet-1202"]
     assert result.missing == [] and not result.partial
@@ -141,10 +142,11 @@ def test_short_sample_runs_keep_real_iterations_and_widen_the_axis(runs, results
     result = plots.plot_figure("fig1", runs, results, formats=PNG)
     ax = result.figure.axes[1]
     assert ax.get_xlabel() == "iterations" and max(ax.lines[0].get_xdata()) == 200
-    assert ax.get_ylim() == (0, 70)
+    assert ax.get_ylim() == (0, 80)  # Fig. 1 keeps whole curves in view
     text = caption(result.figure)
     assert "not the paper's schedule; data cifar10_sample (not the paper's full data)." in text
-    assert "y-axis widened from the paper's 0-20% to 0-70%" in text
+    assert "y-axis widened from the paper's 0-20% to 0-80%" in text
+    assert "profile sample, 200 iterations; data: CIFAR-10 sample" in text
 
 
 def test_fig7_top_in_order_bottom_sorted(runs, results):
@@ -159,6 +161,40 @@ def test_fig7_top_in_order_bottom_sorted(runs, results):
     for line in bottom.lines:
         assert np.all(np.diff(line.get_ydata()) <= 0)
     assert sorted(top.lines[4].get_ydata()) == sorted(bottom.lines[4].get_ydata())
+    colors = [line.get_color() for line in top.lines]
+    assert len(set(colors)) == 5  # plain-20 and ResNet-20 told apart by colour, not only by dashes
+    for ax in (top, bottom):
+        assert ax.get_yscale() == "log"  # plain-56's large first layers do not flatten the rest
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    assert "results/README.md judges Fig. 7's claims on these same runs" in caption(result.figure)
+
+
+def test_fig6_empty_panels_say_no_runs_and_how_to_make_them(runs, results):
+    make_run(runs, "paper", "resnet20-A", dataset="cifar10_jpeg90")
+    result = plots.plot_figure("fig6", runs, results, formats=PNG)
+    plain, resnet, deep = result.figure.axes
+    empty = " ".join(t.get_text() for t in plain.texts)
+    assert empty.startswith("no runs yet") and "resnet-repro sweep cifar --n 9 --arch plain" in empty
+    assert "resnet-repro run resnet1202" in " ".join(t.get_text() for t in deep.texts)
+    assert not resnet.texts and len(plain.get_xticks()) == 0
+    assert "data: CIFAR-10 re-encoded as JPEG q90" in caption(result.figure)
+
+
+def test_a_precision_control_on_the_original_pixels_is_drawn_before_a_jpeg_copy(runs, results):
+    make_run(runs, "paper", "plain20", dataset="cifar10_jpeg90")
+    make_run(runs, "paper", "plain20", variant="fp32", full_schedule=True)
+    make_run(runs, "paper", "plain56", variant="bn64", full_schedule=True)
+    make_run(runs, "paper", "plain56", dataset="cifar10_jpeg90")
+    result = plots.plot_figure("fig1", runs, results, formats=())
+    assert result.drawn == ["paper/plain20-seed0-fp32", "paper/plain56-seed0-jpeg90"]
+    assert legend(result.figure.axes[0]) == ["plain-20 [CIFAR-10]", "plain-56 [CIFAR-10 re-encoded as JPEG q90]"]
+
+
+@pytest.mark.parametrize("dataset, title", [
+    ("cifar10", "CIFAR-10"), ("cifar10_jpeg90", "CIFAR-10 re-encoded as JPEG q90"),
+    ("imagenette_64px_proxy", "Imagenette 64 px proxy"), ("imagenet", "ImageNet")])
+def test_data_titles(dataset, title):
+    assert plots.data_title(dataset) == title
 
 
 def test_fig7_run_without_responses_points_to_the_analysis(runs, results):

@@ -18,8 +18,10 @@ def test_readme_links_what_exists_and_states_hardware_and_claims(runs, results):
     assert "Total wall time 2.2 h over 3 runs" in text
     assert "NVIDIA H100 (2 runs); cpu (x86_64, 2 threads) (1 runs)" in text
     assert ("plain-56 has higher test error than plain-20 (Fig. 1): **holds**. final test error: plain-56 12.00%, "
-            "plain-20 9.00% (mean over seeds; profile `paper`: paper schedule)") in text
+            "plain-20 9.00%; plain-20 3.00 points below plain-56, beyond the tolerance ±0.23 (assumed seed std 0.16) "
+            "(profile `paper`: paper schedule)") in text
     assert "deeper ResNets respond less per layer (Fig. 7): not enough data" in text
+    assert "**inconclusive**: a gap within the tolerance" in text  # the rules are stated once
 
 
 def test_readme_judges_a_claim_in_each_setting_that_can(runs, results):
@@ -27,12 +29,15 @@ def test_readme_judges_a_claim_in_each_setting_that_can(runs, results):
         make_run(runs, profile, "resnet20-A", final_error=e20)
         make_run(runs, profile, "resnet56-A", final_error=e56)
     make_run(runs, "smoke", "resnet20-A", final_error=50.0)  # one depth only: cannot judge, left out
+    make_run(runs, "proxy", "resnet20-A", final_error=15.0)
+    make_run(runs, "proxy", "resnet56-A", final_error=15.1)  # inside the noise
     judged = claims.judge_by_setting(load_runs(runs), claims.resnet_error_falls_with_depth)
-    assert [c.holds for c in judged] == [True, False]
+    assert [c.verdict for c in judged] == [claims.HOLDS, claims.FAILS, claims.INCONCLUSIVE]
     assert "profile `paper`" in judged[0].evidence and "profile `budget`" in judged[1].evidence
     text = report.write_readme(runs, results).read_text()
     assert "- ResNet test error falls with depth up to 110 layers (Table 6):\n  - **holds**. " in text
-    assert "\n  - **does not hold**. " in text and "smoke" not in text.split("## The paper's claims")[1]
+    assert "\n  - **does not hold**. " in text and "\n  - **inconclusive**. " in text
+    assert "smoke" not in text.split("## The paper's claims")[1]
 
 
 def test_write_report_writes_tables_2_to_6_then_the_readme(runs, results):

@@ -46,7 +46,8 @@ def test_mean_and_std_of_three_seeds(runs, results):
     assert row.diff_error == pytest.approx(6.5 - paper.TABLE6["resnet110-A"], abs=1e-3)
     md = (results / "table6.md").read_text()
     best, (mean, std) = paper.TABLE6["resnet110-A"], paper.TABLE6_MEAN_STD["resnet110-A"]
-    assert f"| resnet110-A | 1.73M | 6.50 (6.77±0.31, n=3) | {best:.2f} ({mean:.2f}±{std:.2f}) |" in md
+    assert f"| resnet110-A | 1.73M | 3 | 6.50 (6.77±0.31) | {best:.2f} ({mean:.2f}±{std:.2f}) |" in md
+    assert "the number itself where there is one run (n = 1), \"best (mean±std)\" over n runs" in md
     assert "profile `paper`: paper schedule." in md and "not the paper's schedule" not in md
 
 
@@ -121,8 +122,60 @@ def test_markdown_table_is_readable(runs, results):
     table = [line for line in lines if line.startswith("|")]
     assert len({len(line.split("|")) for line in table}) == 1  # every row has the header's cells
     theirs = paper.TABLE6["resnet56-A"]
-    assert (f"| resnet56-A | {paper.CIFAR_PARAMS[9] / 1e6:.2f}M | 7.00 (n=1) | {theirs:.2f} | {7.0 - theirs:+.2f} | "
+    assert (f"| resnet56-A | {paper.CIFAR_PARAMS[9] / 1e6:.2f}M | 1 | 7.00 | {theirs:.2f} | {7.0 - theirs:+.2f} | "
             "paper | cifar10 | single |  |") in table
+    highway = "Highway (19 layers, 2.3M)"
+    best, (mean, std) = paper.TABLE6_QUOTED[highway], paper.TABLE6_MEAN_STD[highway]
+    assert f"| {highway} |  |  |  | {best:.2f} ({mean:.2f}±{std:.2f}) | – |" in "\n".join(table)
+
+
+def test_table4_marks_the_test_set_number(runs, results):
+    tables.write_tables(runs, results, tables=["table4"])
+    md = (results / "table4.md").read_text()
+    (name,) = paper.TABLE4_TEST_SET
+    assert f"| {name} |  |  |  | – | – |  | {paper.TABLE4_QUOTED[name][1]:.2f}† | – |" in md
+    assert "† marks a number the paper gives on the test set" in md
+    assert md.count("†") == 2  # the preamble's and that cell's: no other row is marked
+
+
+def test_delta_is_blank_on_a_proxy_but_not_on_a_lossy_copy(runs):
+    make_run(runs, "proxy", "resnet18-A", final_error=63.1, dataset="imagenette_64px_proxy", eval_protocol="10crop")
+    make_run(runs, "paper", "resnet20-A", final_error=9.6, dataset="cifar10_jpeg90")
+    runs_table = load_runs(runs)
+    row = rows(tables.table2(runs_table), "resnet18-A").iloc[0]
+    assert row.top1_best == 63.1 and pd.isna(row.diff_top1)
+    assert rows(tables.table6(runs_table), "resnet20-A").diff_error.iloc[0] == pytest.approx(9.6 - 8.75)
+
+
+def test_table6_puts_paper_schedule_original_pixels_first_and_notes_the_jpeg_copy(runs, results):
+    """A precision control (resnet20-A-seed0-fp32) on the original pixels is the paper's schedule."""
+    make_run(runs, "budget", "resnet20-A", final_error=15.0)
+    make_run(runs, "paper", "resnet20-A", final_error=9.6, dataset="cifar10_jpeg90")
+    make_run(runs, "paper", "resnet20-A", final_error=8.4, variant="fp32", full_schedule=True, amp=False)
+    make_run(runs, "paper", "resnet20-A", final_error=8.6, variant="bn64", full_schedule=True)
+    ours = rows(tables.table6(load_runs(runs)), "resnet20-A")
+    assert list(zip(ours.dataset, ours.note)) == [("cifar10", "variant fp32"), ("cifar10", "variant bn64"),
+                                                  ("cifar10_jpeg90", ""), ("cifar10", "")]
+    assert ours.profile.tolist() == ["paper", "paper", "paper", "budget"]
+    tables.write_tables(runs, results, tables=["table6"])
+    md = (results / "table6.md").read_text()
+    assert "8.27% on the original test images and 11.23% on this copy" in md
+
+
+def test_missing_1202_row_carries_an_estimated_gpu_cost_from_bench(runs, results):
+    make_run(runs, "paper", "resnet20-A", final_error=8.8)
+    tables.write_tables(runs, results, tables=["table6"])
+    assert "estimated" not in (results / "table6.md").read_text()  # no GPU throughput measured yet
+    (results / "bench.csv").write_text(
+        "device,model,ours_images_per_s,ours_pipeline\n"
+        "cpu (x86_64),resnet20-A,1300,bf16\nNVIDIA H200,resnet20-A,30000,graphs\nNVIDIA H200,resnet20-A,34000,graphs\n")
+    tables.write_tables(runs, results, tables=["table6"])
+    note = rows(pd.read_csv(results / "table6.csv"), "resnet1202-A").note.iloc[0]
+    hours = paper.CIFAR_ITERATIONS * paper.CIFAR_BATCH / (34000 * 3 / 200) / 3600  # 3x3 layers: 6n, n=200 vs 3
+    assert note.startswith("missing: `resnet-repro run resnet1202`")
+    assert f"about {hours:.1f} h on one NVIDIA H200 at the paper's schedule (estimated)" in note
+    md = (results / "table6.md").read_text()
+    assert "Estimated GPU time of a missing net, not measured" in md and "34,000 images/s" in md
 
 
 

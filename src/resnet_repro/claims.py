@@ -1,19 +1,45 @@
 """The paper's claims (Fig. 1, 6, 7, Tables 2 and 6) judged from our finished runs, one setting at a time.
 
-A claim compares means over seeds of finished, unaltered runs within one profile and one dataset,
-the paper's schedule first, and says what it judged on; with too few runs it says what is missing.
+A claim compares finished runs of the paper's recipe within one profile and one dataset, the paper's
+schedule on the original pixels first, and says which nets and runs it used. A gap counts only when it
+is larger than the noise: the seed spread where a net compared has several seeds, else an assumed
+spread, stated. Verdicts: holds, does not hold, inconclusive (a gap inside the noise, or a net still
+near chance), or not enough data.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 
+from . import paper
 from .paper import CIFAR_DEPTHS
-from .results import FULL_DATASETS, dataset_text, finished, rank_profiles, schedule_text
+from .results import FULL_DATASETS, RunDir, dataset_text, finished, rank_profiles, schedule_text
 from .spec import ModelSpec
+
+HOLDS, FAILS, INCONCLUSIVE, NO_DATA = "holds", "does not hold", "inconclusive", "not enough data"
+
+# Seed stds assumed where no net compared has two seeds. Errors: the paper's own spread over five
+# ResNet-110 runs (Table 6). Layer responses: about twice the per-layer spread of ResNet-20's three
+# budget seeds (0.026).
+ERROR_SPREAD = paper.TABLE6_MEAN_STD["resnet110-A"][1]
+RESPONSE_SPREAD = 0.05
+# An error above 3/4 of chance's: the net has barely begun to learn and ranks nothing yet.
+NEAR_CHANCE = 0.75
+CLASSES = {"cifar10": 10, "imagenette": 10, "imagenet": 1000}  # by the data name up to its first "_"
+PRECISION_TAGS = {"fp32", "bf16"}  # run id tags of train.amp (config._NAMED_VARIANTS)
+FIG7_PAIRS = (20, 56)  # the plain/ResNet twins Fig. 7 draws
+FIG7_RESNETS = (20, 56, 110)
+
+
+def keeps_recipe(variant: str) -> bool:
+    """A precision tag (`-fp32`) changes the arithmetic, not the paper's recipe; any other tag does."""
+    return all(tag in PRECISION_TAGS for tag in variant.split("-") if tag)
 
 
 def cifar_net(arch: str, depth: int) -> str:
@@ -21,43 +47,119 @@ def cifar_net(arch: str, depth: int) -> str:
     return ModelSpec("cifar", arch, depth).name
 
 
+def pretty(model: str) -> str:
+    return ModelSpec.parse(model).pretty
+
+
 class Claim(NamedTuple):
-    holds: bool | None  # None: not enough finished runs to judge
-    evidence: str  # the numbers judged on and their profile, or what is missing
+    verdict: str  # HOLDS, FAILS, INCONCLUSIVE or NO_DATA
+    evidence: str  # the numbers judged on, the runs and their setting, or what is missing
 
 
-def _means(runs: pd.DataFrame, models: list[str], column: str,
-           enough: Callable[[dict], bool] | None = None) -> tuple[pd.Series, dict[str, float]] | None:
-    """Mean of `column` per model in the best (profile, dataset) whose finished, unaltered runs are
-    `enough` (default: all `models`). Returns (a run of that setting, {model: mean}) or None."""
-    enough = enough or (lambda means: len(means) == len(models))
+class Net(NamedTuple):
+    """One net's value in one setting, over its finished seeds."""
+
+    model: str
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else math.nan
+
+
+def settings(runs: pd.DataFrame) -> list[pd.DataFrame]:
+    """Finished runs of the paper's recipe, one frame per (profile, dataset), best first: the paper's
+    schedule, then the full data (original pixels before a lossy copy or a sample). A precision
+    control stands in for its net only where that net has no untagged run in the setting."""
     pool = finished(runs)
-    pool = pool[(pool.variant == "") & ~pool.ensemble & pool.model.isin(models)].dropna(subset=[column])
+    pool = pool[pool.variant.map(keeps_recipe) & ~pool.ensemble]
+    out = []
     for profile in rank_profiles(pool):
         in_profile = pool[pool.profile == profile]
         for dataset in sorted(set(in_profile.dataset), key=lambda d: (d not in FULL_DATASETS, d)):
             sub = in_profile[in_profile.dataset == dataset]
-            means = sub.groupby("model")[column].mean().to_dict()
-            if enough(means):
-                return sub.iloc[0], {m: means[m] for m in models if m in means}
+            out.append(sub[(sub.variant == "") | ~sub.model.isin(set(sub.model[sub.variant == ""]))])
+    return out
+
+
+def _pick(runs: pd.DataFrame, models: list[str], column: str,
+          enough: Callable[[dict], bool] | None = None) -> tuple[pd.DataFrame, dict[str, Net]] | None:
+    """The first setting whose nets with a `column` value are `enough` (default: all `models`)."""
+    enough = enough or (lambda nets: len(nets) == len(models))
+    for sub in settings(runs):
+        sub = sub[sub.model.isin(models)].dropna(subset=[column])
+        nets = {m: Net(m, tuple(sub[sub.model == m][column])) for m in models if (sub.model == m).any()}
+        if enough(nets):
+            return sub, nets
     return None
 
 
-def _judged(run: pd.Series, means: dict[str, float], what: str, holds: bool, unit: str = "%") -> Claim:
-    numbers = ", ".join(f"{ModelSpec.parse(m).pretty} {v:.2f}{unit}" for m, v in means.items())
+def _where(setting: pd.DataFrame) -> str:
+    run = setting.iloc[0]
     where = f"profile `{run.profile}`: {schedule_text(run)}"
-    if dataset_text(run.dataset):
-        where += f", {dataset_text(run.dataset)}"
-    return Claim(holds, f"{what}: {numbers} (mean over seeds; {where})")
+    return where + (f", {dataset_text(run.dataset)}" if dataset_text(run.dataset) else "")
 
 
-def _greater(runs: pd.DataFrame, high: str, low: str, column: str, what: str) -> Claim:
-    picked = _means(runs, [high, low], column)
+def _chance(setting: pd.DataFrame) -> float | None:
+    classes = CLASSES.get(setting.iloc[0].dataset.split("_")[0])
+    return 100 * (1 - 1 / classes) if classes else None
+
+
+def _spread(nets: list[Net], assumed: float) -> tuple[float, str]:
+    """Pooled seed std of the nets with several seeds, else `assumed`; and where it came from."""
+    seeded = [x for x in nets if x.n > 1]
+    if not seeded:
+        return assumed, f"assumed seed std {assumed:g}"
+    dof = sum(x.n - 1 for x in seeded)
+    sigma = math.sqrt(sum((x.n - 1) * x.std ** 2 for x in seeded) / dof)
+    return sigma, _seeds(seeded)
+
+
+def _seeds(seeded) -> str:
+    return "seed spread of " + " and ".join(f"{pretty(x.model)} over {x.n} seeds" for x in seeded)
+
+
+def _compare(better: Net, worse: Net, chance: float | None) -> tuple[str, str]:
+    """Is `better`'s mean below `worse`'s by more than the noise of the two means? (verdict, why)"""
+    if chance and better.mean > NEAR_CHANCE * chance:
+        return INCONCLUSIVE, (f"{pretty(better.model)} is near chance ({better.mean:.2f}% error, above "
+                              f"{NEAR_CHANCE:g} x chance's {chance:.0f}%)")
+    sigma, source = _spread([better, worse], ERROR_SPREAD)
+    tolerance = sigma * math.sqrt(1 / better.n + 1 / worse.n)
+    gap = worse.mean - better.mean
+    verdict = HOLDS if gap > tolerance else FAILS if gap < -tolerance else INCONCLUSIVE
+    side = "below" if gap > 0 else "above"
+    return verdict, (f"{pretty(better.model)} {abs(gap):.2f} points {side} {pretty(worse.model)}, "
+                     f"{'within' if verdict == INCONCLUSIVE else 'beyond'} the tolerance ±{tolerance:.2f} ({source})")
+
+
+def combine(verdicts: list[str]) -> str:
+    """Every part must hold; one part that fails fails the claim; anything else is inconclusive."""
+    if FAILS in verdicts:
+        return FAILS
+    return HOLDS if verdicts and all(v == HOLDS for v in verdicts) else INCONCLUSIVE
+
+
+def _values(nets: dict[str, Net], unit: str = "%") -> str:
+    return ", ".join(f"{pretty(m)} {x.mean:.2f}{unit}" + (f" (mean of {x.n})" if x.n > 1 else "")
+                     for m, x in nets.items())
+
+
+def _greater(runs: pd.DataFrame, worse: str, better: str, column: str, what: str) -> Claim:
+    picked = _pick(runs, [worse, better], column)
     if picked is None:
-        high_name, low_name = ModelSpec.parse(high).pretty, ModelSpec.parse(low).pretty
-        return Claim(None, f"needs finished {high_name} and {low_name} runs in one profile")
-    run, means = picked
-    return _judged(run, means, what, bool(means[high] > means[low]))
+        return Claim(NO_DATA, f"needs finished {pretty(worse)} and {pretty(better)} runs in one profile")
+    setting, nets = picked
+    verdict, why = _compare(nets[better], nets[worse], _chance(setting))
+    return Claim(verdict, f"{what}: {_values(nets)}; {why} ({_where(setting)})")
 
 
 def plain_deeper_trains_worse(runs: pd.DataFrame) -> Claim:
@@ -72,20 +174,31 @@ def resnet_trains_better_than_plain(runs: pd.DataFrame) -> Claim:
     return _greater(runs, "plain56", "resnet56-A", "final_train_error", "final training error")
 
 
-def _trend_with_depth(runs: pd.DataFrame, arch: str, column: str, what: str, rising: bool,
-                      tolerance: float = 0.2) -> Claim:
-    """`column` rising (or falling) over the available depths 20..110, each step allowed `tolerance` points."""
-    plain = arch == "plain"
+def _depths_used(nets: dict[str, Net], models: list[str]) -> str:
+    depths = "→".join(str(ModelSpec.parse(m).depth) for m in nets)
+    return depths if len(nets) == len(models) else f"{depths} only"
+
+
+def _trend_with_depth(runs: pd.DataFrame, arch: str, column: str, what: str, rising: bool) -> Claim:
+    """`column` rising (or falling) with depth over 20..110: the deepest net beyond the shallowest by
+    more than the noise, and no step between neighbours going the other way by more than the noise."""
+    name = "plain" if arch == "plain" else "ResNet"
     models = [cifar_net(arch, d) for d in CIFAR_DEPTHS]
-    picked = _means(runs, models, column, enough=lambda means: len(means) >= 2)
+    picked = _pick(runs, models, column, enough=lambda nets: len(nets) >= 2)
     if picked is None:
-        return Claim(None, f"needs finished {'plain' if plain else 'ResNet'} runs of at least two depths among "
-                           "20/32/44/56/110 in one profile")
-    run, means = picked
-    values = list(means.values())
-    sign = 1 if rising else -1
-    holds = all(sign * (b - a) >= -tolerance for a, b in zip(values, values[1:]))
-    return _judged(run, means, f"{what} by depth (tolerance {tolerance} points per step)", holds)
+        return Claim(NO_DATA, f"needs finished {name} runs of at least two depths among 20/32/44/56/110 in one "
+                              "profile")
+    setting, nets = picked
+    chance, ordered = _chance(setting), list(nets.values())  # by depth
+    if rising:
+        ordered.reverse()
+    # each net should be below the one before it in `ordered`
+    steps = [_compare(b, a, chance) for a, b in itertools.pairwise(ordered)]
+    ends = _compare(ordered[-1], ordered[0], chance)
+    verdict = FAILS if FAILS in [v for v, _ in steps] else ends[0]
+    shown = [why for v, why in steps if v != HOLDS] or [ends[1]]
+    return Claim(verdict, f"{what} by depth, {_depths_used(nets, models)}: {_values(nets)}; "
+                          f"{'; '.join(shown)} ({_where(setting)})")
 
 
 def resnet_error_falls_with_depth(runs: pd.DataFrame) -> Claim:
@@ -96,29 +209,112 @@ def plain_training_error_rises_with_depth(runs: pd.DataFrame) -> Claim:
     return _trend_with_depth(runs, "plain", "final_train_error", "final training error", rising=True)
 
 
+# ------------------------------------------------------------------------------- Fig. 7, per layer
+
+
+class Responses(NamedTuple):
+    """One net's per-layer response stds in one setting: the lowest seed's (the run Fig. 7 draws)
+    and the seed spread per layer over all its seeds (NaN with one seed)."""
+
+    model: str
+    run_id: str
+    stds: np.ndarray
+    n: int
+    spread: float
+
+
+def _responses(setting: pd.DataFrame, model: str) -> Responses | None:
+    sub = setting[(setting.model == model) & setting.mean_response_std.notna()].sort_values("seed")
+    curves = [RunDir(path).read_responses()["std"].to_numpy() for path in sub.path]
+    if not curves:
+        return None
+    same = [c for c in curves if len(c) == len(curves[0])]
+    spread = math.sqrt(np.var(same, axis=0, ddof=1).mean()) if len(same) > 1 else math.nan
+    return Responses(model, sub.iloc[0].run_id, curves[0], len(same), spread)
+
+
+def _layer_tolerance(nets: list[Responses]) -> tuple[float, str]:
+    """Noise of one run's layer std minus another's: √2 x the pooled per-layer seed spread."""
+    seeded = [x for x in nets if x.n > 1]
+    if not seeded:
+        return RESPONSE_SPREAD * math.sqrt(2), f"assumed per-layer seed std {RESPONSE_SPREAD}"
+    sigma = math.sqrt(sum((x.n - 1) * x.spread ** 2 for x in seeded) / sum(x.n - 1 for x in seeded))
+    return sigma * math.sqrt(2), _seeds(seeded)
+
+
+def _per_layer(lower: np.ndarray, higher: np.ndarray, tolerance: float) -> tuple[str, str]:
+    """Is `lower` below `higher` in most layers, and on average by more than the tolerance?"""
+    below, layers, gap = int((lower < higher).sum()), len(lower), float(np.mean(higher - lower))
+    if below > layers / 2 and gap > tolerance:
+        verdict = HOLDS
+    elif below < layers / 2 and gap < -tolerance:
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+    return verdict, (f"lower in {below}/{layers} layers ({100 * below / layers:.0f}%), on average {abs(gap):.2f} "
+                     f"{'lower' if gap > 0 else 'higher'}, {'within' if abs(gap) <= tolerance else 'beyond'} the "
+                     f"tolerance ±{tolerance:.2f}")
+
+
+def _fig7_setting(runs: pd.DataFrame, models: list[str], enough: Callable[[dict], bool]):
+    for setting in settings(runs):
+        nets = {m: r for m in models if (r := _responses(setting, m)) is not None}
+        if enough(nets):
+            return setting, nets
+    return None
+
+
+def _runs_used(nets: dict[str, Responses]) -> str:
+    return "runs " + ", ".join(r.run_id for r in nets.values()) + " (the lowest seed of each, as Fig. 7 draws)"
+
+
 def resnet_responds_less_than_plain(runs: pd.DataFrame) -> Claim:
-    """Mean layer-response std of each ResNet-N below that of plain-N, for every depth with both."""
-    pairs = [(cifar_net("plain", d), cifar_net("resnet", d)) for d in CIFAR_DEPTHS]
-    models = [m for pair in pairs for m in pair]
-    picked = _means(runs, models, "mean_response_std",
-                    enough=lambda means: any(p in means and r in means for p, r in pairs))
+    """Per layer index, ResNet-N against plain-N for the pairs Fig. 7 draws (20 and 56)."""
+    pairs = [(cifar_net("plain", d), cifar_net("resnet", d)) for d in FIG7_PAIRS]
+    picked = _fig7_setting(runs, [m for pair in pairs for m in pair],
+                           lambda nets: any(p in nets and r in nets for p, r in pairs))
     if picked is None:
-        return Claim(None, "needs layer responses (responses.csv) of plain-N and ResNet-N of one depth in one profile")
-    run, means = picked
-    both = [(p, r) for p, r in pairs if p in means and r in means]
-    shown = {m: means[m] for pair in both for m in pair}
-    return _judged(run, shown, "mean std of 3x3 layer responses", all(means[r] < means[p] for p, r in both), unit="")
+        return Claim(NO_DATA, "needs layer responses (responses.csv) of plain-20 and ResNet-20, or plain-56 and "
+                              "ResNet-56, in one profile")
+    setting, nets = picked
+    verdicts, parts, used = [], [], []
+    for p, r in pairs:
+        if p in nets and r in nets:
+            tolerance, source = _layer_tolerance([nets[p], nets[r]])
+            verdict, counts = _per_layer(nets[r].stds, nets[p].stds, tolerance)
+            verdicts.append(verdict)
+            used.append(str(ModelSpec.parse(p).depth))
+            parts.append(f"{pretty(r)} vs {pretty(p)}: {counts} ({source})")
+    depths = " and ".join(used) + ("" if len(used) == len(pairs) else " only")
+    return Claim(combine(verdicts), f"std of 3x3 layer responses, per layer index, depth {depths}: "
+                                    f"{'; '.join(parts)}; {_runs_used(nets)} ({_where(setting)})")
+
+
+def _sorted_at(deeper: np.ndarray, layers: int) -> np.ndarray:
+    """The deeper net's stds sorted largest first, read at the shallower net's relative ranks."""
+    values = np.sort(deeper)[::-1]
+    return np.interp((np.arange(layers) + 0.5) / layers, (np.arange(len(values)) + 0.5) / len(values), values)
 
 
 def deeper_resnet_responds_less(runs: pd.DataFrame) -> Claim:
-    models = [cifar_net("resnet", d) for d in (20, 56, 110)]
-    picked = _means(runs, models, "mean_response_std", enough=lambda means: len(means) >= 2)
+    """Each deeper ResNet below the next shallower one at the same relative rank of the sorted curves
+    (Fig. 7 bottom), in most of the shallower net's layers."""
+    models = [cifar_net("resnet", d) for d in FIG7_RESNETS]
+    picked = _fig7_setting(runs, models, lambda nets: len(nets) >= 2)
     if picked is None:
-        return Claim(None, "needs layer responses (responses.csv) of at least two of ResNet-20/56/110 in one profile")
-    run, means = picked
-    values = list(means.values())
-    return _judged(run, means, "mean std of 3x3 layer responses", all(b < a for a, b in zip(values, values[1:])),
-                   unit="")
+        return Claim(NO_DATA, "needs layer responses (responses.csv) of at least two of ResNet-20/56/110 in one "
+                              "profile")
+    setting, nets = picked
+    ordered, verdicts, parts = list(nets.values()), [], []
+    for shallow, deep in itertools.pairwise(ordered):
+        tolerance, source = _layer_tolerance([shallow, deep])
+        shallow_sorted = np.sort(shallow.stds)[::-1]
+        verdict, counts = _per_layer(_sorted_at(deep.stds, len(shallow_sorted)), shallow_sorted, tolerance)
+        verdicts.append(verdict)
+        parts.append(f"{pretty(deep.model)} vs {pretty(shallow.model)}: {counts} ({source})")
+    return Claim(combine(verdicts), f"sorted std of 3x3 layer responses at equal relative rank, "
+                                    f"{_depths_used(nets, models)}: {'; '.join(parts)}; {_runs_used(nets)} "
+                                    f"({_where(setting)})")
 
 
 def imagenet_resnet34_beats_18_plain_does_not(runs: pd.DataFrame) -> Claim:
@@ -126,22 +322,22 @@ def imagenet_resnet34_beats_18_plain_does_not(runs: pd.DataFrame) -> Claim:
     models = ["plain18", "plain34", "resnet18-A", "resnet34-A"]
     imagenet = runs[runs.family == "imagenet"]
     for column, what in (("final_10crop_error", "10-crop top-1 error"), ("final_test_error", "final top-1 error")):
-        picked = _means(imagenet, models, column)
+        picked = _pick(imagenet, models, column)
         if picked is not None:
-            run, means = picked
-            holds = means["resnet34-A"] < means["resnet18-A"] and means["plain34"] > means["plain18"]
-            return _judged(run, means, what, bool(holds))
-    return Claim(None, "needs finished ImageNet plain-18/34 and ResNet-18/34 (option A) runs in one profile")
+            setting, nets = picked
+            chance = _chance(setting)
+            parts = [_compare(nets["resnet34-A"], nets["resnet18-A"], chance),
+                     _compare(nets["plain18"], nets["plain34"], chance)]
+            return Claim(combine([v for v, _ in parts]), f"{what}: {_values(nets)}; "
+                                                         f"{'; '.join(why for _, why in parts)} ({_where(setting)})")
+    return Claim(NO_DATA, "needs finished ImageNet plain-18/34 and ResNet-18/34 (option A) runs in one profile")
 
 
 def judge_by_setting(runs: pd.DataFrame, check: Callable[[pd.DataFrame], Claim]) -> list[Claim]:
-    """`check` on each (profile, dataset) of finished runs on its own, best setting first; the settings
-    that cannot judge it are left out, and if none can, the one 'not enough data' answer remains."""
-    done = finished(runs)
-    settings = [(p, d) for p in rank_profiles(done)
-                for d in sorted(set(done[done.profile == p].dataset), key=lambda d: (d not in FULL_DATASETS, d))]
-    claims = [check(runs[(runs.profile == p) & (runs.dataset == d)]) for p, d in settings]
-    return [c for c in claims if c.holds is not None] or [check(runs)]
+    """`check` on each (profile, dataset) on its own, best setting first; the settings that cannot
+    judge it are left out, and if none can, the one 'not enough data' answer remains."""
+    claims = [check(setting) for setting in settings(runs)]
+    return [c for c in claims if c.verdict != NO_DATA] or [check(runs)]
 
 
 CLAIMS: list[tuple[str, Callable[[pd.DataFrame], Claim]]] = [

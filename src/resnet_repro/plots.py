@@ -2,10 +2,11 @@
 
 A figure draws one profile (schedule), never a mix: `<fig>.png` the profile covering most of its nets
 (the paper's schedule first on ties), `<fig>-<profile>.png` each other profile with runs to draw. Each
-net is drawn from one run: finished runs before unfinished ones, then the lowest seed. Titles
-and captions name the runs, their schedule, data and seeds; a figure lacking runs is drawn with what
-exists, marked partial, and `FigureResult.missing` says which command makes the rest. A run whose
-files cannot be read is left out, and the caption says so.
+net is drawn from one run (`select_runs`), the one the README's claims judge. Titles name the
+profile and the data; captions name the runs, their schedule and seeds. A figure lacking runs is
+drawn with what exists, marked partial, an empty panel says which command makes its runs, and
+`FigureResult.missing` lists them all. A run whose files cannot be read is left out, and the
+caption says so.
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global figure registry, no backend to choose
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
+from .claims import keeps_recipe
 from .config import make_dir, net_command, run_command
 from .paper import CIFAR_DEPTHS
-from .results import (FULL_DATASETS, RunDir, Unreadable, atomic_write_bytes, dataset_text, load_runs,
-                      rank_profiles, read_run_metrics, schedule_text)
+from .results import (FULL_DATASETS, RunDir, Unreadable, atomic_write_bytes, dataset_text, load_runs, rank_profiles,
+                      read_run_metrics, schedule_text)
 from .spec import ModelSpec
 
+# The data and the schedule go on the title's second line (`_setting`), from the runs drawn.
 FIGURES = {
-    "fig1": "Fig. 1: CIFAR-10 training and test error, plain-20 vs plain-56",
-    "fig4": "Fig. 4: ImageNet training (thin) and validation (bold) error, plain vs ResNet-18/34",
-    "fig6": "Fig. 6: CIFAR-10 training (dashed) and test (bold) error",
-    "fig7": "Fig. 7: std of 3x3 layer responses on CIFAR-10",
+    "fig1": "Fig. 1: training and test error, plain-20 vs plain-56",
+    "fig4": "Fig. 4: training (thin) and validation (bold) error, plain vs ResNet-18/34",
+    "fig6": "Fig. 6: training (dashed) and test (bold) error",
+    "fig7": "Fig. 7: std of 3x3 layer responses",
 }
 PLAIN = [ModelSpec("cifar", "plain", d).name for d in CIFAR_DEPTHS]
 RESNET = [ModelSpec("cifar", "resnet", d).name for d in CIFAR_DEPTHS]
@@ -112,13 +116,14 @@ def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | Non
     # missing runs are best made in the profile the figure draws (else the one the family's runs use)
     command_profile = profile or (rank_profiles(pd.DataFrame(picked.values())) or rank_profiles(runs) or [None])[0]
     missing = [_missing(name, m, runs, profile, command_profile) for m in required if m not in picked]
+    commands = {m: _run_command(name, m, command_profile) for m in required if m not in picked}
     result = FigureResult(name, None, drawn=[f"{r.profile}/{r.run_id}" for r in picked.values()], missing=missing,
                           notes=notes)
     result.partial = bool(result.missing) or any(r.status != "finished" for r in picked.values())
     if not picked:
         return result
-    fig = _DRAW[name](picked, data, result.notes)
-    title = f"{FIGURES[name]}, reproduced" + (" (partial)" if result.partial else "")
+    fig = _DRAW[name](picked, data, result.notes, commands)
+    title = f"{FIGURES[name]}, reproduced" + (" (partial)" if result.partial else "") + f"\n{_setting(picked)}"
     _caption(fig, title, picked, [m for m in required if m not in picked], result.notes)
     results_dir = make_dir(results_dir)
     for suffix in formats:
@@ -134,7 +139,8 @@ def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | Non
 
 def select_runs(runs: pd.DataFrame, models: list[str], profile: str | None = None, load=load_metrics):
     """One run per net with something to draw: best profile first (results.rank_profiles), then finished
-    before unfinished, unaltered before variants, full data before a sample, lowest seed. A run
+    before unfinished, the paper's recipe before other variants, the original pixels before a lossy
+    copy or a sample, an untagged run before a precision control, lowest seed. A run
     whose files cannot be read is left out, with a note. Returns ({net: run}, {net: its data}, notes)."""
     pool = runs[runs.model.isin(models)]
     if profile:
@@ -156,9 +162,11 @@ def select_runs(runs: pd.DataFrame, models: list[str], profile: str | None = Non
             sub = usable[(usable.model == model) & (usable.profile == p)]
             if sub.empty:
                 continue
-            sub = sub.assign(_unfinished=sub.status != "finished", _variant=sub.variant != "",
-                             _sample=~sub.dataset.isin(FULL_DATASETS))
-            run = sub.sort_values(["_unfinished", "_variant", "_sample", "seed"]).iloc[0]
+            # as the claims choose: the paper's recipe (a precision control such as -fp32 keeps it),
+            # then the original pixels, then an untagged run
+            sub = sub.assign(_unfinished=sub.status != "finished", _altered=~sub.variant.map(keeps_recipe),
+                             _sample=~sub.dataset.isin(FULL_DATASETS), _tagged=sub.variant != "")
+            run = sub.sort_values(["_unfinished", "_altered", "_sample", "_tagged", "seed"]).iloc[0]
             picked[model], data[model] = run, loaded[run.name]
             if len(sub) > 1:
                 seeds = " ".join(str(int(s)) for s in sorted(sub.seed))
@@ -177,7 +185,7 @@ def _missing(name: str, model: str, runs: pd.DataFrame, profile: str | None, com
         trained = trained[trained.profile == profile] if profile else trained
         if len(trained):
             return f"{pretty(model)}: no responses.csv{where}: `resnet-repro analyze responses {trained.iloc[0].path}`"
-    command = run_command("fig4", command_profile) if name == "fig4" else net_command(model, command_profile)
+    command = _run_command(name, model, command_profile)
     damaged = runs[(runs.model == model) & (runs.unreadable != "")]
     damaged = damaged[damaged.profile == profile] if profile else damaged
     if len(damaged):
@@ -187,26 +195,30 @@ def _missing(name: str, model: str, runs: pd.DataFrame, profile: str | None, com
     return f"{pretty(model)}: no run{where}: `{command}`"
 
 
+def _run_command(name: str, model: str, profile: str | None) -> str:
+    return run_command("fig4", profile) if name == "fig4" else net_command(model, profile)
+
+
 # -------------------------------------------------------------------------------------------- drawing
 
 
-def _fig1(picked, data, notes) -> Figure:
+def _fig1(picked, data, notes, commands) -> Figure:
     fig = Figure(figsize=(10, 4), layout="constrained")
     scale = _scale(data)
-    axes, finals = fig.subplots(1, 2, sharey=True), []  # one y-range, as in the paper, so panels compare
+    axes, values = fig.subplots(1, 2, sharey=True), []  # one y-range, as in the paper, so panels compare
     for ax, column, what in zip(axes, ["train_error", "test_error"], ["training", "test"]):
         for model, run in picked.items():
             m = data[model].dropna(subset=[column])
             ax.plot(m.iteration / scale, m[column], color=_color(model), lw=1.5, label=_label(run, picked))
-            finals += m[column].tail(1).tolist()  # nothing yet before a run's first evaluation
+            values += m[column].tolist()  # the whole curve stays in view, not only where it ends
         ax.set(xlabel=_xlabel(scale), ylabel=f"{what} error (%)", title=f"{what} error")
         ax.yaxis.set_tick_params(labelleft=True)
         _legend(ax)
-    _ylim(axes[0], (0, 20), finals, notes)
+    _ylim(axes[0], (0, 20), values, notes)
     return fig
 
 
-def _fig4(picked, data, notes) -> Figure:
+def _fig4(picked, data, notes, commands) -> Figure:
     fig = Figure(figsize=(10, 4), layout="constrained")
     scale = _scale(data)
     panels = [("plain", ["plain18", "plain34"]), ("ResNet", ["resnet18-A", "resnet34-A"])]
@@ -214,11 +226,11 @@ def _fig4(picked, data, notes) -> Figure:
         finals = [v for m in models if m in picked for v in _curves(ax, m, picked, data, scale, train_ls="-")]
         ax.set(xlabel=_xlabel(scale), ylabel="error (%)", title=title)
         _ylim(ax, (20, 60), finals, notes)
-        _legend(ax)
+        _legend(ax) or _empty(ax, models, commands)
     return fig
 
 
-def _fig6(picked, data, notes) -> Figure:
+def _fig6(picked, data, notes, commands) -> Figure:
     fig = Figure(figsize=(15, 4.2), layout="constrained")
     scale = _scale(data)
     panels = [("plain", [*PLAIN[:4], "plain110"]), ("ResNet", RESNET),
@@ -228,10 +240,9 @@ def _fig6(picked, data, notes) -> Figure:
         for m in (m for m in models if m in picked):
             ends = _curves(ax, m, picked, data, scale, train_ls="--")
             finals += [] if m == "plain110" else ends  # plain-110 may leave the chart, as in the paper
-        ax.axhline(5, color="gray", ls=":", lw=1)
         ax.set(xlabel=_xlabel(scale), ylabel="error (%)", title=title)
         ax.yaxis.set_tick_params(labelleft=True)
-        _legend(ax)
+        _legend(ax) or _empty(ax, models, commands)
     top = _ylim(axes[0], (0, 20), finals, notes)
     last = data["plain110"].test_error.dropna() if "plain110" in picked else []
     if len(last) and last.iloc[-1] > top:
@@ -239,20 +250,36 @@ def _fig6(picked, data, notes) -> Figure:
     return fig
 
 
-def _fig7(picked, data, notes) -> Figure:
+# Fig. 7 draws plain and ResNet twins together: one colour per net (not per depth), plain dashed.
+_FIG7_COLORS = {"plain20": "C1", "plain56": "k", "resnet20-A": "C0", "resnet56-A": "C3", "resnet110-A": "C4"}
+
+
+def _fig7(picked, data, notes, commands) -> Figure:
     fig = Figure(figsize=(8, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1)
+    stds = []
     for model, run in picked.items():
         r = data[model].dropna(subset=["std"]).sort_values("layer")
-        style = dict(color=_color(model), marker=".", ms=4, lw=1.2, ls="--" if run.arch == "plain" else "-",
-                     label=_label(run, picked))
+        style = dict(color=_FIG7_COLORS.get(model, _color(model)), marker=".", ms=4, lw=1.2,
+                     ls="--" if run.arch == "plain" else "-", label=_label(run, picked))
         top.plot(r.layer, r["std"], **style)
         bottom.plot(range(1, len(r) + 1), r["std"].sort_values(ascending=False), **style)
-    top.set(xlabel="layer index (original)", ylabel="std", title="in network order")
-    bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std", title="sorted, largest first")
+        stds += r["std"].tolist()
+    top.set(xlabel="layer index (original)", ylabel="std (log scale)", title="in network order")
+    bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std (log scale)", title="sorted, largest first")
+    # a log axis keeps plain-56's first layers (std up to ~8) from flattening the curves near 1
+    stds = [v for v in stds if v > 0 and math.isfinite(v)] or [1.0]
+    lo, hi = min(stds) / 1.25, max(stds) * 1.25
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32) if lo <= t <= hi]
     for ax in (top, bottom):
-        ax.set_ylim(bottom=0)
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         _legend(ax)
+    notes.append("Each net is drawn from one run, its lowest seed (named above); results/README.md judges "
+                 "Fig. 7's claims on these same runs")
     return fig
 
 
@@ -284,14 +311,52 @@ def _label(run, picked) -> str:
     label = pretty(run.model)
     if len({r.profile for r in picked.values()}) > 1:  # say which curve is which schedule
         label += f" [{run.profile}]"
+    if len({r.dataset for r in picked.values()}) > 1:  # and which data
+        label += f" [{data_title(run.dataset)}]"
     if run.status == "failed":
         return label + " (failed)"
     return label if run.status == "finished" else label + " (partial)"
 
 
-def _legend(ax) -> None:
-    if ax.get_legend_handles_labels()[0]:  # a panel may have none of its nets yet
-        ax.legend(fontsize=8)
+def _empty(ax, models: list[str], commands: dict[str, str]) -> None:
+    """A panel none of whose nets has a run: say so and how to make them, instead of a bare axis."""
+    todo = list(dict.fromkeys(commands[m] for m in models if m in commands))
+    ax.set_xticks([])
+    ax.text(0.5, 0.5, "\n".join(["no runs yet", *todo]), transform=ax.transAxes, ha="center", va="center",
+            fontsize=7.5, color="0.35", wrap=True)
+
+
+def _setting(picked: dict) -> str:
+    """The title's second line: profile, schedule length and data of the runs drawn."""
+    schedules = dict.fromkeys(_schedule_title(r) for r in picked.values())
+    datasets = dict.fromkeys(data_title(r.dataset) for r in picked.values())
+    return f"{' / '.join(schedules)}; data: {' and '.join(datasets)}"
+
+
+def _schedule_title(run) -> str:
+    n = run.iterations
+    length = "" if pd.isna(n) else f", {n / 1000:g}k iterations" if n >= 1000 else f", {int(n)} iterations"
+    return f"profile {run.profile}{length}" + (" (the paper's schedule)" if run.full_schedule else "")
+
+
+_DATA_NAMES = {"cifar10": "CIFAR-10", "imagenet": "ImageNet", "imagenette": "Imagenette"}
+
+
+def data_title(dataset: str) -> str:
+    """'CIFAR-10', 'CIFAR-10 re-encoded as JPEG q90', 'Imagenette 64 px proxy' (results.dataset_note says more)."""
+    family, _, rest = dataset.partition("_")
+    name = _DATA_NAMES.get(family, family)
+    if rest.startswith("jpeg"):  # data.encoding: a lossy copy of every image
+        return f"{name} re-encoded as JPEG q{rest[4:]}"
+    return " ".join([name, *rest.replace("px", " px").split("_")]).strip()
+
+
+def _legend(ax) -> bool:
+    """A legend if the panel has curves; False for a panel with none of its nets yet."""
+    if not ax.get_legend_handles_labels()[0]:
+        return False
+    ax.legend(fontsize=8)
+    return True
 
 
 def _scale(data: dict) -> float:
@@ -304,14 +369,14 @@ def _xlabel(scale: float) -> str:
     return "iter. (1e4)" if scale > 1 else "iterations"
 
 
-def _ylim(ax, paper: tuple[float, float], finals: list[float], notes: list[str]) -> float:
-    """The paper's y-range, widened (and said so) when our runs end outside it."""
+def _ylim(ax, paper: tuple[float, float], values: list[float], notes: list[str]) -> float:
+    """The paper's y-range, widened (and said so) to fit `values`: where curves end, or whole curves."""
     lo, hi = paper
-    finals = [v for v in finals if math.isfinite(v)]  # a diverged run may log NaN or inf
-    if finals and min(finals) < lo:
+    values = [v for v in values if math.isfinite(v)]  # a diverged run may log NaN or inf
+    if values and min(values) < lo:
         lo = 0
-    if finals and max(finals) > hi:
-        hi = min(100, 10 * math.ceil((max(finals) + 5) / 10))
+    if values and max(values) > hi:
+        hi = min(100, 10 * math.ceil((max(values) + 5) / 10))
     if (lo, hi) != paper:
         note = f"y-axis widened from the paper's {paper[0]:g}-{paper[1]:g}% to {lo:g}-{hi:g}% to fit these runs"
         if note not in notes:

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import pandas as pd
 
 from . import paper
+from .claims import keeps_recipe
 from .config import make_dir, net_command, run_command
-from .results import dataset_note, finished, load_runs, rank_profiles, schedule_text
+from .results import FULL_DATASETS, dataset_note, finished, load_runs, rank_profiles, schedule_text
 from .spec import ModelSpec
 
 
@@ -38,10 +39,14 @@ def build_table(
     extras: bool = True,
     paper_mean_std: dict | None = None,
     paper_params: dict | None = None,
+    test_set: set[str] = frozenset(),
 ) -> pd.DataFrame:
     """Quoted rows, then one row per paper model (ours grouped by profile, dataset and variant, or a
-    `missing` row), then models the paper's table does not have. `runs` holds this table's runs only."""
-    rows = [_quoted_row(name, values, metrics) for name, values in quoted.items()]
+    `missing` row), then models the paper's table does not have. `runs` holds this table's runs only.
+    `paper_mean_std` holds the paper's "(mean±std)" of the first metric, `test_set` the rows it marks †."""
+    paper_mean_std = paper_mean_std or {}
+    rows = [_quoted_row(name, values, metrics, paper_mean_std.get(name), name in test_set)
+            for name, values in quoted.items()]
     done = finished(runs)
     profiles = rank_profiles(done)
     for model, values in paper_rows.items():
@@ -52,10 +57,11 @@ def build_table(
             unfinished = runs[(runs.model == model) & (runs.status != "unreadable")]
             groups = [_missing_row(model, unfinished, cmd, (paper_params or {}).get(model))]
         for row in groups:
+            comparable = same_images(row.get("dataset") or "")
             for metric, value in zip(metrics, paper_values):
                 row[f"paper_{metric.key}"] = value
-                row[f"diff_{metric.key}"] = _diff(row.get(f"{metric.key}_best"), value)
-            if paper_mean_std and model in paper_mean_std:
+                row[f"diff_{metric.key}"] = _diff(row.get(f"{metric.key}_best"), value) if comparable else None
+            if model in paper_mean_std:
                 row[f"paper_{metrics[0].key}_mean"], row[f"paper_{metrics[0].key}_std"] = paper_mean_std[model]
             rows.append(row)
     if extras:
@@ -69,14 +75,18 @@ def build_table(
         columns += [f"{m.key}_best", f"{m.key}_mean", f"{m.key}_std", f"paper_{m.key}", f"diff_{m.key}"]
         if paper_mean_std and m is metrics[0]:
             columns += [f"paper_{m.key}_mean", f"paper_{m.key}_std"]
+    columns += ["paper_mark"] if test_set else []
     columns += ["profile", "profile_label", "full_schedule", "dataset", "eval_protocol", "note"]
     return pd.DataFrame(rows, columns=columns).astype({"params": "Int64", "n_runs": "Int64"})
 
 
 def _our_rows(runs: pd.DataFrame, metrics: list[Metric]) -> list[dict]:
-    """One row per (profile, dataset, variant) group of one model's finished runs, paper schedule first."""
+    """One row per (profile, dataset, variant) group of one model's finished runs: the paper's schedule
+    on the original pixels first, an untagged run before a precision control before another variant."""
     rows = []
-    order = runs.assign(_rank=~runs.full_schedule).sort_values(["_rank", "profile", "dataset", "variant"])
+    order = runs.assign(_schedule=~runs.full_schedule, _data=~runs.dataset.isin(FULL_DATASETS),
+                        _recipe=[0 if not v else 1 if keeps_recipe(v) else 2 for v in runs.variant])
+    order = order.sort_values(["_schedule", "_data", "profile", "dataset", "_recipe", "variant"])
     for _, g in order.groupby(["profile", "dataset", "variant"], sort=False):
         first = g.iloc[0]
         row = {"model": first.model, "params": first.params, "n_runs": len(g),
@@ -94,9 +104,20 @@ def _our_rows(runs: pd.DataFrame, metrics: list[Metric]) -> list[dict]:
     return rows
 
 
-def _quoted_row(name: str, values, metrics: list[Metric]) -> dict:
+def _quoted_row(name: str, values, metrics: list[Metric], mean_std: tuple | None, test_set: bool) -> dict:
     values = values if isinstance(values, tuple) else (values,)
-    return {"model": name, "note": "quoted", **{f"paper_{m.key}": v for m, v in zip(metrics, values)}}
+    row = {"model": name, "note": "quoted" + ("; on the test set" if test_set else ""), "paper_mark": "†" * test_set,
+           **{f"paper_{m.key}": v for m, v in zip(metrics, values)}}
+    if mean_std:
+        row[f"paper_{metrics[0].key}_mean"], row[f"paper_{metrics[0].key}_std"] = mean_std
+    return row
+
+
+def same_images(dataset: str) -> bool:
+    """Every image of the paper's data, if re-encoded (results.dataset_note): Δ compares like with like.
+    A proxy or a sample is another task (Imagenette's 10-class top-5 is not ImageNet's)."""
+    family, _, encoding = dataset.partition("_")
+    return dataset in FULL_DATASETS or (family in FULL_DATASETS and encoding.startswith("jpeg"))
 
 
 def _missing_row(model: str, unfinished: pd.DataFrame, command: str | None, params: int | None) -> dict:
@@ -135,7 +156,8 @@ def table3(runs: pd.DataFrame) -> pd.DataFrame:
 
 def table4(runs: pd.DataFrame) -> pd.DataFrame:
     ours, metrics = _imagenet(runs, "multiscale")
-    return build_table(ours, metrics, paper.TABLE4, paper.TABLE4_QUOTED, lambda _m, p: run_command("table4", p))
+    return build_table(ours, metrics, paper.TABLE4, paper.TABLE4_QUOTED, lambda _m, p: run_command("table4", p),
+                       test_set=paper.TABLE4_TEST_SET)
 
 
 def table5(runs: pd.DataFrame) -> pd.DataFrame:
@@ -169,32 +191,73 @@ def write_tables(runs_dir: Path, results_dir: Path, tables: list[str] | None = N
         if name not in TABLES:
             raise ValueError(f"unknown table {name!r}: choose one of {', '.join(TABLES)}")
         title, build = TABLES[name]
-        table = build(runs)
+        table, notes = build(runs), []
+        if name == "table6":  # CIFAR nets not yet run: what the paper's schedule would cost them
+            notes = add_cost_estimates(table, read_bench(results_dir / "bench.csv"))
         csv_path, md_path = results_dir / f"{name}.csv", results_dir / f"{name}.md"
         table.to_csv(csv_path, index=False, float_format="%.4g")
-        md_path.write_text(table_markdown(title, table, runs))
+        md_path.write_text(table_markdown(title, table, runs, notes))
         paths += [csv_path, md_path]
     return paths
 
 
-def table_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame) -> str:
-    """Ours beside the paper's, one cell per metric as the paper writes Table 6: best (mean±std, n)."""
+# The lossy copy's own cost, measured with a published pretrained ResNet-20 (README, "Our reproduction").
+DATA_EVIDENCE = {"cifar10_jpeg90": "a published pretrained ResNet-20 scores 8.27% on the original test images and "
+                                   "11.23% on this copy, so part of any gap to the paper on it is the copy's"}
+
+
+def read_bench(path: Path) -> pd.DataFrame:
+    """bench.csv (bench.append_row writes it); empty if absent or unreadable."""
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return pd.DataFrame(columns=["device", "model", "ours_images_per_s", "ours_pipeline"])
+
+
+def add_cost_estimates(table: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
+    """Adds to each missing CIFAR net's note its estimated time for the paper's schedule on one GPU, from
+    ResNet-20's fastest GPU throughput in bench.csv scaled by the number of 3x3 layers (6n): each costs
+    the same multiply-adds per image and together they carry nearly all of them (`resnet-repro models
+    cifar --n 3,200`). Returns the notes that say how."""
+    gpu = bench[(bench.model == "resnet20-A") & ~bench.device.astype(str).str.startswith("cpu")]
+    missing = table.index[(table.n_runs == 0).fillna(False)]  # _missing_row
+    if gpu.empty or missing.empty:
+        return []
+    fastest, base = gpu.loc[gpu.ours_images_per_s.idxmax()], ModelSpec.parse("resnet20-A", "cifar").n
+    images = paper.CIFAR_ITERATIONS * paper.CIFAR_BATCH
+    for i in missing:
+        n = ModelSpec.parse(table.at[i, "model"], "cifar").n
+        hours = images / (fastest.ours_images_per_s * base / n) / 3600
+        table.at[i, "note"] += f"; about {hours:.1f} h on one {fastest.device} at the paper's schedule (estimated)"
+    return [(f"Estimated GPU time of a missing net, not measured: the paper's schedule ({paper.CIFAR_ITERATIONS:,} "
+             f"iterations of {paper.CIFAR_BATCH}) at ResNet-20's measured {fastest.ours_images_per_s:,.0f} images/s "
+             f"on an {fastest.device} (results/bench.csv: {fastest.ours_pipeline}), divided by the ratio of the "
+             f"net's 3x3 layers to ResNet-20's (6n: 18). Those layers carry nearly all the multiply-adds, each the "
+             f"same per image (`resnet-repro models cifar`), and at CIFAR's widths each costs about the same time.")]
+
+
+def table_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, notes: list[str] = ()) -> str:
+    """Ours beside the paper's, one cell per metric as the paper writes Table 6: one run's number, or
+    best (mean±std) of several; n runs in its own column. `notes` go under the table."""
     metrics = [c[: -len("_best")] for c in table.columns if c.endswith("_best")]
     labels = {"top1": "top-1", "top5": "top-5", "error": "error"}
-    head = ["model", "params"]
+    head = ["model", "params", "n"]
     for k in metrics:
-        head += [f"{labels.get(k, k)} ours: best (mean±std, n)", f"{labels.get(k, k)} paper", "Δ"]
+        head += [f"{labels.get(k, k)} ours", f"{labels.get(k, k)} paper", "Δ"]
     head += ["profile", "dataset", "protocol", "note"]
     body = []
     for r in table.to_dict("records"):
-        cells = [r["model"], _params(r["params"])]
+        cells = [r["model"], _params(r["params"]), str(int(r["n_runs"])) if r.get("n_runs") else ""]
+        mark = _text(r.get("paper_mark"))
         for k in metrics:
-            theirs = _num(r.get(f"paper_{k}")) + _mean_std(r.get(f"paper_{k}_mean"), r.get(f"paper_{k}_std"))
+            theirs = _num(r.get(f"paper_{k}"))
+            theirs += (mark if theirs != "–" else "") + _mean_std(r.get(f"paper_{k}_mean"), r.get(f"paper_{k}_std"))
             cells += [_ours(r, k), theirs, _num(r.get(f"diff_{k}"), sign=True)]
         cells += [_text(r["profile"]), _text(r["dataset"]), _text(r["eval_protocol"]), _text(r["note"])]
         body.append(cells)
     right = set(range(1, len(head) - 4))  # numbers right-aligned
-    return "\n".join([f"# {title}", "", *_preamble(table, runs), "", *_grid(head, body, right)]) + "\n"
+    notes = ["", "Notes:", "", *(f"- {n}" for n in notes)] if notes else []
+    return "\n".join([f"# {title}", "", *_preamble(table, runs), "", *_grid(head, body, right), *notes]) + "\n"
 
 
 def _grid(head: list[str], body: list[list[str]], right: set[int]) -> list[str]:
@@ -204,14 +267,21 @@ def _grid(head: list[str], body: list[list[str]], right: set[int]) -> list[str]:
 
 
 def _preamble(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    out = ["Ours: error at the end of training, best over seeds (mean±std with the n−1 standard deviation, "
-           "n runs); Δ = our best − the paper's. \"quoted\" rows are other methods, as the paper reports them.", ""]
+    out = [("Ours: error at the end of training, written as the paper writes Table 6: the number itself where "
+            "there is one run (n = 1), \"best (mean±std)\" over n runs where there are more (std with n−1). Δ = our "
+            "best − the paper's, left blank where our data is a proxy or a sample rather than the paper's images. "
+            "\"quoted\" rows are other methods, as the paper reports them."), ""]
+    if "paper_mark" in table and (table.paper_mark == "†").any():
+        out[0] += " † marks a number the paper gives on the test set, not the validation set."
     ours = table[table.n_runs.fillna(0) > 0]
     labels = list(dict.fromkeys(zip(ours.profile, ours.profile_label)))
     if not labels:
         out += ["No finished runs yet: every row of ours is missing (its note says which command makes it).", ""]
     out += [f"- profile `{profile}`: {label}." for profile, label in labels]
-    out += [f"- dataset `{d}`: {dataset_note(d)}." for d in dict.fromkeys(ours.dataset) if dataset_note(d)]
+    out += [f"- dataset `{d}`: {dataset_note(d)}" + (f"; {DATA_EVIDENCE[d]}" if d in DATA_EVIDENCE else "") + "."
+            for d in dict.fromkeys(ours.dataset) if dataset_note(d)]
+    if ours.full_schedule.astype(bool).any():
+        out += ["", "Within a model, rows of the paper's schedule come first, the original pixels before a lossy copy."]
     if not ours.full_schedule.astype(bool).all():
         out += ["", "Shortened, sample and proxy runs are not the paper's schedule: their numbers show the trend, "
                 "not the paper's values."]
@@ -230,10 +300,10 @@ def _preamble(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
 def _ours(r: dict, k: str) -> str:
     if not r.get("n_runs") or pd.isna(r.get(f"{k}_best")):
         return ""
-    n, best = int(r["n_runs"]), r[f"{k}_best"]
-    if n == 1:
-        return f"{best:.2f} (n=1)"
-    return f"{best:.2f} ({r[f'{k}_mean']:.2f}±{r[f'{k}_std']:.2f}, n={n})"
+    best = r[f"{k}_best"]
+    if int(r["n_runs"]) == 1:
+        return f"{best:.2f}"
+    return f"{best:.2f} ({r[f'{k}_mean']:.2f}±{r[f'{k}_std']:.2f})"
 
 
 def _mean_std(mean, std) -> str:
