@@ -1,6 +1,8 @@
 """ImageNet-style data on small generated ImageFolder trees: folders, sizes, augmentation, the mean
 image, test-time protocols scored by `train.evaluate`, BN recalibration, and the ImageNet configs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -158,12 +160,18 @@ def test_multiscale_views_are_whole_images_at_each_scale(files):
     ld = val_loader(files, "multiscale", 250)
     seen = 0
     for views, y in ld:
-        assert len(views) == 2 * len(SIZES.multiscale)
-        for k, short in enumerate(SIZES.multiscale):
-            scaled, flipped = views[2 * k], views[2 * k + 1]
-            assert min(scaled.shape[-2:]) == short and torch.equal(flipped, scaled.flip(-1))
+        assert len(views) == len(SIZES.multiscale)  # the paper averages scales; flips only on request
+        for view, short in zip(views, SIZES.multiscale):
+            assert min(view.shape[-2:]) == short
         seen += len(y)
     assert seen == len(files[1]) and len(ld) > 1  # images of other aspect ratios go to other batches
+
+
+def test_multiscale_flips_are_an_option():
+    img = torch.randint(0, 255, (3, 40, 60), dtype=torch.uint8)
+    with_flips = imagenet.test_views(img, "multiscale", dataclasses.replace(SIZES, multiscale_flips=True))
+    assert len(with_flips) == 2 * len(SIZES.multiscale)
+    assert all(torch.equal(f, v.flip(-1)) for v, f in zip(with_flips[::2], with_flips[1::2]))
 
 
 class ColourNet(torch.nn.Module):

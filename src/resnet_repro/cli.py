@@ -65,7 +65,7 @@ class Figure(str, Enum):
 class Protocol(str, Enum):
     center = "center"  # shorter side 256, center 224 crop
     ten_crop = "10crop"  # 4 corners + center and their flips (Tables 2, 3)
-    multiscale = "multiscale"  # whole image at shorter sides 224..640 and flips (Table 4)
+    multiscale = "multiscale"  # whole image at shorter sides 224..640 (Table 4; mirrors with data.multiscale_flips=true)
 
 
 class Stride(str, Enum):

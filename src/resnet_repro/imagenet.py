@@ -4,7 +4,7 @@ views, the mean image, and the loaders a run and `eval` read.
 Training: the shorter side resized at random in [256, 480], a random 224x224 crop or its horizontal
 flip, the per-pixel mean subtracted, AlexNet's PCA colour ("lighting") augmentation. Testing: a center
 crop (Fig. 4's curves), the standard 10-crop (Tables 2, 3), or the fully-convolutional form with
-scores averaged over shorter sides {224, 256, 384, 480, 640} and flips (Table 4). Every size is a
+scores averaged over shorter sides {224, 256, 384, 480, 640} (Table 4; and mirrors if asked). Every size is a
 config value, so the same code runs ImageNet, the 64-px proxy and 32-px smoke tests.
 
 Workers decode (torchvision.io) and crop to uint8; the device does the float work (mean, lighting)
@@ -63,6 +63,7 @@ class Sizes:
     crop: int  # training and center / 10-crop testing
     test_resize: int  # center / 10-crop testing: shorter side before cropping
     multiscale: tuple[int, ...]  # fully-convolutional testing: shorter sides
+    multiscale_flips: bool = False  # also score each scale's mirror image (not in the paper's text)
 
     def __post_init__(self):
         lo, hi = self.scale_range
@@ -78,7 +79,8 @@ def sizes_from_config(data_cfg: DictConfig) -> Sizes:
     """The configured sizes; with `data.sample` the small ones of `data.tiny`."""
     src = data_cfg.tiny if data_cfg.sample else data_cfg
     lo, hi = (int(v) for v in src.scale_range)
-    return Sizes((lo, hi), int(src.crop), int(src.test_resize), tuple(int(s) for s in src.multiscale))
+    return Sizes((lo, hi), int(src.crop), int(src.test_resize), tuple(int(s) for s in src.multiscale),
+                 bool(data_cfg.get("multiscale_flips", False)))
 
 
 @dataclass
@@ -184,11 +186,11 @@ def test_views(img: torch.Tensor, protocol: str, sizes: Sizes) -> list[torch.Ten
         return [TF.center_crop(resize_short(img, sizes.test_resize), [sizes.crop])]
     if protocol == "10crop":  # 4 corners and center, and their flips
         return list(TF.ten_crop(resize_short(img, sizes.test_resize), [sizes.crop]))
-    if protocol == "multiscale":  # whole image at each shorter side, and its flip
+    if protocol == "multiscale":  # whole image at each shorter side (and its mirror, if asked)
         views = []
         for short in sizes.multiscale:
             scaled = resize_short(img, short)
-            views += [scaled, scaled.flip(-1)]
+            views += [scaled, scaled.flip(-1)] if sizes.multiscale_flips else [scaled]
         return views
     raise UserError(f"unknown test protocol {protocol!r}: choose one of {', '.join(TEST_PROTOCOLS)}")
 
