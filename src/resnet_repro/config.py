@@ -31,7 +31,7 @@ _NEUTRAL_KEYS = {
     "profile", "seed", "seeds", "device", "results_dir", "runs_dir", "experiment",
     "data.root", "data.download", "model.arch", "model.n", "model.depth", "model.shortcut", "model.stride_on",
     "train.threads", "train.compile", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.eval_batch_size", "train.channels_last", "train.responses", "data.workers",
+    "train.eval_batch_size", "train.channels_last", "train.responses", "data.workers", "train.pack",
     "data.encoding",  # named in the run id instead
 }
 

@@ -37,7 +37,7 @@ TEST_PROTOCOLS = ("center", "10crop", "multiscale")
 @dataclass
 class Summary:
     """summary.json: what a run is, where it ran and how it ended. Reads files of older versions
-    (missing keys take the defaults); the last five fields are written only when set."""
+    (missing keys take the defaults); the fields in `_WRITTEN_WHEN_SET` are written only when set."""
 
     run_id: str
     status: str = "unknown"  # running | interrupted | failed | finished
@@ -76,8 +76,9 @@ class Summary:
     ensemble: bool = False  # Table 5: averaged scores of `members`, tested on `images` images
     members: list[str] | None = None
     images: int | None = None
+    packed_with: list[str] | None = None  # train.pack: the runs trained beside it in one packed net
 
-    _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end")
+    _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end", "packed_with")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)

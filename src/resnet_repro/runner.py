@@ -4,6 +4,7 @@ trained, Table 5's ensemble and the experiment's tables and figures (`finish`)."
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,11 +16,11 @@ from .data import build_data
 from .engine import StopFlag, setup_engine
 from .errors import UserError
 from .evaluate import run_ensemble
+from .pack_fit import fit_pack, plan_packs, split_by_iteration
 from .plots import FIGURES, FigureResult, plot_figures
 from .results import RunDir, Summary
 from .table1 import write_table1
 from .tables import TABLES, write_tables
-from .train import fit
 
 
 def run_experiment(
@@ -28,40 +29,45 @@ def run_experiment(
     on_run: Callable[[DictConfig, RunDir, str], None] | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[Summary]:
-    """Train each run of `cfg` (skipping finished ones) and return their summaries.
-    `on_run(run_cfg, run_dir, status)` is told "skip", "busy", "resume" or "start" before each."""
+    """Train each run of `cfg` (skipping finished ones) and return their summaries, in run order.
+    `on_run(run_cfg, run_dir, status)` is told "skip", "busy", "resume" or "start" before each.
+    Under `train.pack` the runs of a pack (pack_fit.plan_packs) train together, as one net."""
     runs = expand_runs(cfg)
     root = runs_root(cfg)
     engine = setup_engine(cfg)
     data_by_config: dict[str, object] = {}
-    summaries = []
+    summaries: dict[str, Summary] = {}
     with StopFlag().installed() as stop:
-        for run_cfg in runs:
-            run = RunDir.for_run(root, run_cfg)
-            if run.finished:  # finished results are never overwritten
-                if on_run:
-                    on_run(run_cfg, run, "skip")
-                summaries.append(run.read_summary())
-                continue
-            with run.lock(engine.is_main) as locked:
-                if not locked:  # another process is training this run (a parallel sweep)
+        for pack in plan_packs(runs, engine):
+            with contextlib.ExitStack() as locks:
+                todo = []
+                for run_cfg in pack:
+                    run = RunDir.for_run(root, run_cfg)
+                    if run.finished:  # finished results are never overwritten
+                        if on_run:
+                            on_run(run_cfg, run, "skip")
+                        summaries[run_cfg.run.id] = run.read_summary()
+                        continue
+                    if not locks.enter_context(run.lock(engine.is_main)):  # a parallel sweep trains it
+                        if on_run:
+                            on_run(run_cfg, run, "busy")
+                        continue
+                    if restart:
+                        if engine.is_main and run.path.exists():
+                            run.clear()
+                        if engine.world > 1:
+                            torch.distributed.barrier()  # no rank reads the old checkpoint after rank 0 removed it
                     if on_run:
-                        on_run(run_cfg, run, "busy")
-                    continue
-                if restart:
-                    if engine.is_main and run.path.exists():
-                        run.clear()
-                    if engine.world > 1:
-                        torch.distributed.barrier()  # no rank reads the old checkpoint after rank 0 removed it
-                if on_run:
-                    on_run(run_cfg, run, "resume" if run.checkpoint.exists() else "start")
-                key = OmegaConf.to_yaml(run_cfg.data) + f"{run_cfg.train.batch_size}/{run_cfg.train.eval_batch_size}"
-                if key not in data_by_config:
-                    data_by_config[key] = build_data(run_cfg, engine, int(run_cfg.seed))
-                data = data_by_config[key]
-                data.train.seed = int(run_cfg.seed)
-                summaries.append(fit(run_cfg, run, data, engine, on_row, stop))
-    return summaries
+                        on_run(run_cfg, run, "resume" if run.checkpoint.exists() else "start")
+                    todo.append((run_cfg, run))
+                for group in split_by_iteration(todo):
+                    cfgs, dirs = zip(*group)
+                    key = OmegaConf.to_yaml(cfgs[0].data) + f"{cfgs[0].train.batch_size}/{cfgs[0].train.eval_batch_size}"
+                    if key not in data_by_config:
+                        data_by_config[key] = build_data(cfgs[0], engine, int(cfgs[0].seed))
+                    for s in fit_pack(cfgs, dirs, data_by_config[key], engine, on_row, stop):
+                        summaries[s.run_id] = s
+    return [summaries[r.run.id] for r in runs if r.run.id in summaries]
 
 
 def finish(cfg: DictConfig) -> list[Path | FigureResult]:

@@ -297,6 +297,17 @@ def batches_from(loader, iteration: int) -> Iterator[tuple[int, torch.Tensor, to
         epoch, first = epoch + 1, 0
 
 
+def advance(state: TrainState, step: torch.Tensor, train_cfg: DictConfig, engine: Engine) -> None:
+    """Count one step's (loss sum, wrong, count) into the state; end the warm-up where it is over."""
+    state.window += step
+    state.iteration += 1
+    if not state.warmup_done:
+        state.warm_window += step
+        state.warmup_done = warmup_over(state, train_cfg, engine)
+        if state.warmup_done:
+            state.warmup_end = state.iteration
+
+
 def metrics_row(state: TrainState, lr: float, per_epoch: int, images: float, seconds: float, wall_s: float) -> dict:
     """The metrics.csv row that closes a log window: loss and error over the window (already summed
     over ranks), speed and training time; the caller adds the test errors where it evaluated."""
@@ -304,6 +315,39 @@ def metrics_row(state: TrainState, lr: float, per_epoch: int, images: float, sec
     return {"iteration": state.iteration, "epoch": round(state.iteration / per_epoch, 3), "lr": lr,
             "train_loss": loss_sum / n, "train_error": 100 * wrong / n, "images_per_s": images / seconds,
             "wall_s": wall_s}
+
+
+def record_row(state: TrainState, row: dict, run: RunDir, engine: Engine,
+               on_row: Callable[[dict], None] | None) -> None:
+    """Close the log window with `row`: into the state, metrics.csv and the caller's callback."""
+    state.rows.append(row)
+    state.window.zero_()
+    if engine.is_main:
+        run.write_metrics(state.rows)
+        if on_row:
+            on_row(row)
+
+
+def stopped(summary: Summary, state: TrainState, run: RunDir, engine: Engine) -> Interrupted:
+    """Mark the run interrupted (its checkpoint is saved) and return the error to raise."""
+    summary.status, summary.iterations_done = "interrupted", state.iteration
+    if engine.is_main:
+        run.write_summary(summary)
+    return Interrupted(f"interrupted at iteration {state.iteration}/{summary.iterations}; checkpoint saved in "
+                       f"{run.path}; run the same command again to resume")
+
+
+def finish_summary(summary: Summary, state: TrainState, run: RunDir, engine: Engine, wall_s: float) -> Summary:
+    """The finished run's summary, from its last metrics rows, written."""
+    final = state.rows[-1]
+    summary.status, summary.iterations_done, summary.finished = "finished", state.iteration, now()
+    summary.final_test_error, summary.final_test_top5_error = final.get("test_error"), final.get("test_top5_error")
+    summary.final_train_error = final["train_error"]
+    summary.best_test_error = min(r["test_error"] for r in state.rows if r.get("test_error") is not None)
+    summary.wall_s = wall_s
+    if engine.is_main:
+        run.write_summary(summary)
+    return summary
 
 
 def start_summary(cfg: DictConfig, data: Data, engine: Engine, model: nn.Module, state: TrainState) -> Summary:
@@ -380,15 +424,9 @@ def fit(cfg: DictConfig, run: RunDir, data: Data, engine: Engine, on_row: Callab
     for epoch, x, y in islice(batches_from(data.train, state.iteration), max(0, t.iterations - state.iteration)):
         lr = lr_at(state.iteration, t, warming_up=not state.warmup_done, plateau_drops=plateau_drops)
         set_lr(optimizer, lr)
-        step = train_step(stepper, optimizer, x, y, engine)
-        state.window += step
-        state.iteration += 1
+        advance(state, train_step(stepper, optimizer, x, y, engine), t, engine)
+        summary.warmup_end = state.warmup_end
         window_images += float(len(y) * engine.world)
-        if not state.warmup_done:
-            state.warm_window += step
-            state.warmup_done = warmup_over(state, t, engine)
-            if state.warmup_done:
-                state.warmup_end = summary.warmup_end = state.iteration
         last = state.iteration == t.iterations
         if state.iteration % t.log_every == 0 or last:
             if engine.world > 1:
@@ -398,23 +436,14 @@ def fit(cfg: DictConfig, run: RunDir, data: Data, engine: Engine, on_row: Callab
             if state.iteration % t.eval_every == 0 or last:
                 row["test_error"], top5 = evaluate_run(model, data, cfg.data, engine, epoch)
                 row["test_top5_error"] = top5 if data.top5 else None
-            state.rows.append(row)
+            record_row(state, row, run, engine, on_row)
             plateau_drops = count_plateau_drops(state.rows, t)
-            state.window.zero_()
             window_images, window_start = 0.0, time.perf_counter()
-            if engine.is_main:
-                run.write_metrics(state.rows)
-                if on_row:
-                    on_row(row)
         stopping = stop_agreed(stop, engine, state.iteration)
         if state.iteration % t.checkpoint_every == 0 or last or stopping:
             checkpoint()
         if stopping:
-            summary.status, summary.iterations_done = "interrupted", state.iteration
-            if engine.is_main:
-                run.write_summary(summary)
-            raise Interrupted(f"interrupted at iteration {state.iteration}/{t.iterations}; checkpoint saved in "
-                              f"{run.path}; run the same command again to resume")
+            raise stopped(summary, state, run, engine)
 
     if t.responses:
         responses = measure_responses(model, data.test, engine)  # every rank holds part of the test set
@@ -423,12 +452,4 @@ def fit(cfg: DictConfig, run: RunDir, data: Data, engine: Engine, on_row: Callab
     if data.final_tests:  # the final model under each protocol the tables need (ImageNet: 10-crop, multi-scale)
         summary.final_eval = {protocol: dict(zip(("top1_error", "top5_error"), evaluate(model, loader, engine)))
                               for protocol, loader in data.final_tests.items()}
-    final = state.rows[-1]
-    summary.status, summary.iterations_done, summary.finished = "finished", state.iteration, now()
-    summary.final_test_error, summary.final_test_top5_error = final.get("test_error"), final.get("test_top5_error")
-    summary.final_train_error = final["train_error"]
-    summary.best_test_error = min(r["test_error"] for r in state.rows if r.get("test_error") is not None)
-    summary.wall_s = wall_s()
-    if engine.is_main:
-        run.write_summary(summary)
-    return summary
+    return finish_summary(summary, state, run, engine, wall_s())
