@@ -28,15 +28,19 @@ from torch.nn import functional as F
 from .cifar import TensorImageLoader, load_cifar10, read_bundled_sample
 from .config import compose_experiment, data_root, expand_runs
 from .engine import setup_engine
+from .errors import UserError
 from .hardware import device_name
 from .models import build_model
+from .pack_fit import packed_train_step
+from .packing import PackedCifarResNet, PackedLoader, PackedSGD
 from .results import atomic_write_text, git_commit
 from .train import lr_at, prepare_model, set_lr, stepping_model, train_step
 
 PAPER_ITERATIONS = 64_000  # the CIFAR-10 schedule of Sec. 4.2
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # what the reimplementations use
 CSV_COLUMNS = ["date", "device", "torch", "model", "batch", "data", "ref_images_per_s", "ours_images_per_s",
-               "speedup", "ref_pipeline", "ours_pipeline", "steps", "git_commit", "precision"]
+               "speedup", "ref_pipeline", "ours_pipeline", "steps", "git_commit", "precision", "pack",
+               "member_images_per_s"]
 
 
 @dataclass
@@ -55,6 +59,8 @@ class BenchResult:
     steps: int
     git_commit: str
     precision: str = ""  # ours: bf16 or fp32, and why (train.amp: auto decides by the hardware)
+    pack: int | None = None  # --pack K: ref is one run alone, ours K runs packed (images/s of all K together)
+    member_images_per_s: float | None = None  # --pack K: images/s of each packed run
 
     def projected_hours(self, images_per_s: float) -> float:
         return PAPER_ITERATIONS * self.batch / images_per_s / 3600
@@ -127,23 +133,11 @@ def run_bench(
     """Time both pipelines, append a row to `results_dir/bench.csv` and return the numbers.
     `log` receives the report line by line; its last line is `speedup: <ratio>x`.
     `overrides` are Hydra overrides for our side (e.g. train.amp=false, train.threads=1)."""
-    sample = data_dir is None and data_root(None) is None
-    data_overrides = ["data.sample=true"] if sample else ["data.sample=false", f"data.root={data_root(data_dir)}"]
-    cfg = compose_experiment("custom", [f"model.arch={arch}", f"model.n={n}", f"train.batch_size={batch_size}",
-                                        f"device={device}", *data_overrides, *overrides])
-    engine = setup_engine(cfg)
+    cfg, engine, images, labels, what, model_name = _setup(arch, n, batch_size, data_dir, device, overrides, log)
     dev = engine.device
     steps = steps or (300 if dev.type == "cuda" else 20)
     warmup = warmup if warmup is not None else (30 if dev.type == "cuda" else 3)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    arrays = read_bundled_sample() if sample else load_cifar10(data_root(cfg.data.root), download=False)
-    images, labels = arrays.train_images, arrays.train_labels
-    encoding = cfg.data.get("encoding", "original")
-    what = f"{len(labels):,} CIFAR-10 images" + (" (bundled sample)" if sample else "" if encoding == "original"
-                                                 else f" ({encoding} copy)")
-    model_name = expand_runs(cfg)[0].run.model_name
-    log(f"bench: {model_name}, batch {batch_size}, {what}, {device_name(dev)}, torch {torch.__version__}")
-    log(f"precision (ours): {'bf16' if engine.amp else 'fp32'}, {engine.amp_reason}")
 
     # the reference: PIL Dataset + DataLoader workers, eager fp32, loss.item() each step
     torch.manual_seed(0)
@@ -180,17 +174,7 @@ def run_bench(
         return y.shape[0]
 
     log(f"warming up ({warmup} steps each{', compiling ours' if engine.compile else ''})")
-    _timed(ref_step, warmup, dev)
-    _timed(ours_step, warmup, dev)
-    totals = {"ref": [0, 0.0], "ours": [0, 0.0]}
-    per_round = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
-    for r, count in enumerate(per_round, 1):
-        for name, step in (("ref", ref_step), ("ours", ours_step)):
-            images_done, seconds = _timed(step, count, dev)
-            totals[name][0] += images_done
-            totals[name][1] += seconds
-        log(f"round {r}/{rounds}: {count} steps each")
-    ref_ips, ours_ips = (totals[k][0] / totals[k][1] for k in ("ref", "ours"))
+    ref_ips, ours_ips = _alternate(ref_step, ours_step, steps, warmup, rounds, dev, log)
     ours_parts = [p for p, on in (("bf16 autocast", engine.amp), ("channels_last", engine.channels_last),
                                   (f"torch.compile ({engine.compile})", engine.compile)) if on]
     result = BenchResult(
@@ -207,6 +191,116 @@ def run_bench(
         log(f"{label:<9} {ips:8.1f} images/s  64k iterations: {result.projected_hours(ips):6.2f} h  ({pipeline})")
     log(f"wrote {path}")
     log(f"speedup: {result.speedup:.2f}x")
+    return result
+
+
+def _setup(arch, n, batch_size, data_dir, device, overrides, log):
+    """The config, engine and training images of a bench; logs what is benched where."""
+    sample = data_dir is None and data_root(None) is None
+    data_overrides = ["data.sample=true"] if sample else ["data.sample=false", f"data.root={data_root(data_dir)}"]
+    cfg = compose_experiment("custom", [f"model.arch={arch}", f"model.n={n}", f"train.batch_size={batch_size}",
+                                        f"device={device}", *data_overrides, *overrides])
+    engine = setup_engine(cfg)
+    arrays = read_bundled_sample() if sample else load_cifar10(data_root(cfg.data.root), download=False)
+    encoding = cfg.data.get("encoding", "original")
+    what = f"{len(arrays.train_labels):,} CIFAR-10 images" + (
+        " (bundled sample)" if sample else "" if encoding == "original" else f" ({encoding} copy)")
+    model_name = expand_runs(cfg)[0].run.model_name
+    log(f"bench: {model_name}, batch {batch_size}, {what}, {device_name(engine.device)}, torch {torch.__version__}")
+    log(f"precision (ours): {'bf16' if engine.amp else 'fp32'}, {engine.amp_reason}")
+    return cfg, engine, arrays.train_images, arrays.train_labels, what, model_name
+
+
+def _alternate(first: Callable[[], int], second: Callable[[], int], steps: int, warmup: int, rounds: int,
+               device: torch.device, log: Callable[[str], None]) -> tuple[float, float]:
+    """Images/s of two step functions: `warmup` untimed steps each, then `steps` each in alternating rounds."""
+    _timed(first, warmup, device)
+    _timed(second, warmup, device)
+    totals = [[0, 0.0], [0, 0.0]]
+    per_round = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
+    for r, count in enumerate(per_round, 1):
+        for total, step in zip(totals, (first, second)):
+            images_done, seconds = _timed(step, count, device)
+            total[0] += images_done
+            total[1] += seconds
+        log(f"round {r}/{rounds}: {count} steps each")
+    return totals[0][0] / totals[0][1], totals[1][0] / totals[1][1]
+
+
+def run_pack_bench(
+    pack: int,
+    arch: str = "resnet",
+    n: int = 3,
+    batch_size: int = 128,
+    data_dir: Path | None = None,
+    steps: int | None = None,
+    warmup: int | None = None,
+    rounds: int = 2,
+    device: str = "auto",
+    results_dir: Path = Path("results"),
+    overrides: list[str] = (),
+    log: Callable[[str], None] = lambda line: None,
+) -> BenchResult:
+    """`train.pack`: one run alone (what `fit` steps) against `pack` runs packed (what `fit_pack` steps),
+    side by side in one process; a row in `results_dir/bench.csv` (ref = alone, ours = packed, all
+    members' images together). The last log line is `pack speedup: <ratio>x` (aggregate over alone)."""
+    if pack < 1:
+        raise UserError(f"--pack {pack}: give a whole number >= 1")
+    cfg, engine, images, labels, what, model_name = _setup(arch, n, batch_size, data_dir, device, overrides, log)
+    dev = engine.device
+    steps = steps or (300 if dev.type == "cuda" else 10)
+    warmup = warmup if warmup is not None else (30 if dev.type == "cuda" else 2)
+    mean = images.float().div(255).mean(0)
+    loader = TensorImageLoader(images, labels, mean, batch_size, True, dev, int(cfg.seed), int(cfg.data.pad))
+
+    torch.manual_seed(0)  # one run alone: fit's model, optimizer, compilation and step
+    model, optimizer = prepare_model(cfg, engine, 10)
+    step_model = stepping_model(model, engine)
+    solo_batches = _forever(loader.epoch)
+    lr = lr_at(0, cfg.train, warming_up=False)
+    set_lr(optimizer, lr)
+
+    def solo_step() -> int:
+        x, y = next(solo_batches)
+        train_step(step_model, optimizer, x, y, engine)
+        return y.shape[0]
+
+    members = []  # `pack` runs of seeds 0.., packed as fit_pack packs them (eager: no compilation)
+    for seed in range(pack):
+        torch.manual_seed(seed)
+        members.append(prepare_model(cfg, engine, 10)[0])
+    packed = PackedCifarResNet.from_members(members)
+    if engine.channels_last:
+        packed = packed.to(memory_format=torch.channels_last)
+    packed_opt = PackedSGD(packed, float(cfg.train.momentum), float(cfg.train.weight_decay))
+    packed_batches = _forever(PackedLoader.from_seeds(loader, range(pack)).epoch)
+
+    def packed_step() -> int:
+        x, y = next(packed_batches)
+        packed_train_step(packed, packed_opt, [lr] * pack, x, y, engine)
+        return y.numel()  # images of all members
+
+    log(f"one run alone vs {pack} packed: warming up ({warmup} steps each)")
+    alone, together = _alternate(solo_step, packed_step, steps, warmup, rounds, dev, log)
+    parts = [p for p, on in (("bf16 autocast", engine.amp), ("channels_last", engine.channels_last)) if on]
+    result = BenchResult(
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=device_name(dev),
+        torch=torch.__version__, model=model_name, batch=batch_size, data=what,
+        ref_images_per_s=round(alone, 2), ours_images_per_s=round(together, 2), speedup=round(together / alone, 3),
+        ref_pipeline="one run alone (fit's step" + (f", torch.compile ({engine.compile})" if engine.compile else "")
+                     + ")", ours_pipeline=f"{pack} runs packed (grouped convs, PackedSGD, eager"
+                     + "".join(f", {p}" for p in parts) + ")",
+        steps=steps, git_commit=git_commit(), precision=f"{'bf16' if engine.amp else 'fp32'} ({engine.amp_reason})",
+        pack=pack, member_images_per_s=round(together / pack, 2),
+    )
+    path = append_row(Path(results_dir) / "bench.csv", result)
+    hours_alone, hours_packed = pack * result.projected_hours(alone), result.projected_hours(together / pack)
+    log(f"alone     {alone:8.1f} images/s                       {pack} runs of 64k iterations one after another: "
+        f"{hours_alone:6.2f} h")
+    log(f"packed    {together:8.1f} images/s ({together / pack:8.1f} per run)  {pack} runs of 64k iterations packed: "
+        f"{hours_packed:6.2f} h")
+    log(f"wrote {path}")
+    log(f"pack speedup: {result.speedup:.2f}x")
     return result
 
 

@@ -242,14 +242,20 @@ def bench(
     warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed steps first, compilation included (default 3 CPU, 30 GPU).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers of the reference (default min(4, cores)).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    pack: Annotated[int | None, typer.Option("--pack", help="Instead: one run alone against K runs packed (train.pack=K).")] = None,
     overrides: Overrides = None,
     data_dir: DataDir = None,
     results_dir: ResultsDir = Path("results"),
 ):
-    """Images/s of our training step against the usual PIL + DataLoader pipeline; a row in RESULTS/bench.csv."""
-    from .bench import run_bench
+    """Images/s of our training step against the usual PIL + DataLoader pipeline (or, with --pack K, one run
+    alone against K packed); a row in RESULTS/bench.csv."""
+    from .bench import run_bench, run_pack_bench
 
     config_mod.check_folder(results_dir, "--results-dir")
+    if pack is not None:
+        run_pack_bench(pack, arch.value, n, batch_size, data_dir, steps, warmup, device=device, results_dir=results_dir,
+                       overrides=list(overrides or []), log=lambda line: console.print(line, highlight=False))
+        return
     run_bench(arch.value, n, batch_size, data_dir, steps, warmup, workers=workers, device=device,
               results_dir=results_dir, overrides=list(overrides or []),
               log=lambda line: console.print(line, highlight=False))

@@ -54,7 +54,8 @@ from .train import (
 # ------------------------------------------------------------------------------------------ planning
 
 # `train.pack: auto` on CUDA: runs per pack by depth, NOT measured yet (no GPU session so far). On a
-# CPU packing is slower: a packed step of 4 ResNet-20s ran at 0.5-0.65x the speed of 4 solo steps.
+# CPU packing is slower: 4 packed ResNet-20s trained 0.5-0.8x as fast as 4 solo runs (`bench --pack 4`,
+# batch 128, one thread: 0.80x in bf16, 0.71x in fp32; a CPU is compute-bound, grouped convs gain nothing).
 AUTO_PACK_CUDA = ((9, 8), (18, 4))  # (largest n, pack size); deeper nets train solo
 
 
