@@ -116,15 +116,22 @@ _NAMED_VARIANTS = {
 }
 
 
+_KEEP_SCHEDULE = _NEUTRAL_KEYS | set(_NAMED_VARIANTS)  # overrides after which the recipe is still the paper's
+
+
+def _parsed(overrides: list[str]) -> list:
+    return OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
+
+
 def variant_of(overrides: list[str]) -> str:
     """A short stable tag for overrides that change what a run computes ("" for none): named tags for
     precision and BN grouping, then a hash of any others. Values are parsed first, so `x=true` (typed)
     and `x=True` (as Hydra's multirun passes it back) agree."""
-    parsed = OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
+    parsed = _parsed(overrides)
     named = [_NAMED_VARIANTS[o.key_or_group](o.value()) for o in parsed if o.key_or_group in _NAMED_VARIANTS]
     changing = sorted(
         f"{o.key_or_group}={json.dumps(o.value(), sort_keys=True, default=str)}"
-        for o in parsed if o.key_or_group not in _NEUTRAL_KEYS | set(_NAMED_VARIANTS)
+        for o in parsed if o.key_or_group not in _KEEP_SCHEDULE
     )
     tags = sorted(t for t in named if t) + ([hashlib.sha1("\n".join(changing).encode()).hexdigest()[:6]] if changing else [])
     return "-".join(tags)
@@ -133,8 +140,7 @@ def variant_of(overrides: list[str]) -> str:
 def keeps_schedule(overrides: list[str]) -> bool:
     """True when no override changes the recipe or schedule: only neutral keys, precision or BN grouping.
     Such a run on the `paper` profile is still the paper's schedule."""
-    parsed = OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
-    return all(o.key_or_group in _NEUTRAL_KEYS | set(_NAMED_VARIANTS) for o in parsed)
+    return all(o.key_or_group in _KEEP_SCHEDULE for o in _parsed(overrides))
 
 
 def run_id(spec: ModelSpec, seed: int, variant: str, data_tag: str = "") -> str:
@@ -156,7 +162,7 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
     win over the experiment's entries, and identical runs are kept once."""
     overrides = list(cfg.experiment.get("overrides", []))
     user_model = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides if _key(o).startswith("model.")])
-    variant = variant_of(overrides)
+    variant, keeps = variant_of(overrides), keeps_schedule(overrides)
     runs, seen = [], set()
     for entry in cfg.experiment.runs:
         for seed in range(int(cfg.seed), int(cfg.seed) + int(cfg.seeds)):
@@ -179,7 +185,7 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
             data_tag = "sample" if on_sample else "" if run.data.sample or encoding == "original" else encoding
             with open_dict(run):
                 run.run = {"id": run_id(spec, seed, variant, data_tag), "variant": variant,
-                           "keeps_schedule": keeps_schedule(overrides),
+                           "keeps_schedule": keeps,
                            "model_name": spec.name, "depth": spec.depth}
             if run.run.id not in seen:
                 seen.add(run.run.id)

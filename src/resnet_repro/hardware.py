@@ -53,7 +53,6 @@ def device_name(device: torch.device) -> str:
             f"{cpu_features()['capability']}{capped}, {'native bf16' if native else 'no native bf16'})")
 
 
-
 def cpu_threads(setting) -> int:
     """`train.threads`: a number, or auto = the cores this process may use that are not already busy
     (1-minute load average), at least one. OpenMP threads wait on each other: on 2 cores with another
@@ -66,4 +65,4 @@ def cpu_threads(setting) -> int:
         busy = round(os.getloadavg()[0])
     except OSError:  # not on this platform
         busy = 0
-    return max(1, min(cores, cores - busy))
+    return max(1, cores - busy)
