@@ -133,8 +133,8 @@ def run_bench(
     """Time both pipelines, append a row to `results_dir/bench.csv` and return the numbers.
     `log` receives the report line by line; its last line is `speedup: <ratio>x`.
     `overrides` are Hydra overrides for our side (e.g. train.amp=false, train.threads=1)."""
-    cfg, engine, images, labels, what, model_name = _setup(arch, n, batch_size, data_dir, device, overrides, log)
-    dev = engine.device
+    bench = _setup(arch, n, batch_size, data_dir, device, overrides, log)
+    cfg, engine, dev = bench.cfg, bench.engine, bench.engine.device
     steps = steps or (300 if dev.type == "cuda" else 20)
     warmup = warmup if warmup is not None else (30 if dev.type == "cuda" else 3)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -143,7 +143,7 @@ def run_bench(
     torch.manual_seed(0)
     ref_model = build_model(cfg.model, 10).to(dev)
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    ref_loader = reference_loader(images, labels, batch_size, workers, dev)
+    ref_loader = reference_loader(bench.images, bench.labels, batch_size, workers, dev)
     ref_batches = _forever(lambda _: iter(ref_loader))
 
     def ref_step() -> int:
@@ -157,12 +157,10 @@ def run_bench(
         return len(y)
 
     # ours: what fit runs per step
-    mean = images.float().div(255).mean(0)
-    loader = TensorImageLoader(images, labels, mean, batch_size, True, dev, int(cfg.seed), int(cfg.data.pad))
     torch.manual_seed(0)
     model, optimizer = prepare_model(cfg, engine, 10)
     step_model = stepping_model(model, engine)
-    ours_batches = _forever(loader.epoch)
+    ours_batches = _forever(bench.loader.epoch)
     window = torch.zeros(3, device=dev)
     iteration = itertools.count()
 
@@ -177,14 +175,11 @@ def run_bench(
     ref_ips, ours_ips = _alternate(ref_step, ours_step, steps, warmup, rounds, dev, log)
     ours_parts = [p for p, on in (("bf16 autocast", engine.amp), ("channels_last", engine.channels_last),
                                   (f"torch.compile ({engine.compile})", engine.compile)) if on]
-    result = BenchResult(
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=device_name(dev),
-        torch=torch.__version__, model=model_name, batch=batch_size, data=what,
-        ref_images_per_s=round(ref_ips, 2), ours_images_per_s=round(ours_ips, 2),
+    result = bench.result(
+        steps, ref_images_per_s=round(ref_ips, 2), ours_images_per_s=round(ours_ips, 2),
         speedup=round(ours_ips / ref_ips, 3),
         ref_pipeline=f"PIL Dataset + DataLoader ({workers} workers), fp32 eager",
         ours_pipeline="tensor loader on device, fused SGD" + "".join(f", {p}" for p in ours_parts),
-        steps=steps, git_commit=git_commit(), precision=f"{'bf16' if engine.amp else 'fp32'} ({engine.amp_reason})",
     )
     path = append_row(Path(results_dir) / "bench.csv", result)
     for label, ips, pipeline in (("reference", ref_ips, result.ref_pipeline), ("ours", ours_ips, result.ours_pipeline)):
@@ -194,7 +189,27 @@ def run_bench(
     return result
 
 
-def _setup(arch, n, batch_size, data_dir, device, overrides, log):
+@dataclass
+class _Bench:
+    """What both benches start from: the config and engine, the training images on the device as fit
+    loads them, and the fields every bench.csv row shares."""
+
+    cfg: object
+    engine: object
+    images: torch.Tensor
+    labels: torch.Tensor
+    loader: TensorImageLoader
+    what: str  # the data, in words
+    model_name: str
+
+    def result(self, steps: int, **fields) -> BenchResult:
+        return BenchResult(
+            date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=device_name(self.engine.device),
+            torch=torch.__version__, model=self.model_name, batch=int(self.cfg.train.batch_size), data=self.what,
+            steps=steps, git_commit=git_commit(), precision=self.engine.precision, **fields)
+
+
+def _setup(arch, n, batch_size, data_dir, device, overrides, log) -> _Bench:
     """The config, engine and training images of a bench; logs what is benched where."""
     sample = data_dir is None and data_root(None) is None
     data_overrides = ["data.sample=true"] if sample else ["data.sample=false", f"data.root={data_root(data_dir)}"]
@@ -202,13 +217,16 @@ def _setup(arch, n, batch_size, data_dir, device, overrides, log):
                                         f"device={device}", *data_overrides, *overrides])
     engine = setup_engine(cfg)
     arrays = read_bundled_sample() if sample else load_cifar10(data_root(cfg.data.root), download=False)
+    images, labels = arrays.train_images, arrays.train_labels
     encoding = cfg.data.get("encoding", "original")
-    what = f"{len(arrays.train_labels):,} CIFAR-10 images" + (
+    what = f"{len(labels):,} CIFAR-10 images" + (
         " (bundled sample)" if sample else "" if encoding == "original" else f" ({encoding} copy)")
     model_name = expand_runs(cfg)[0].run.model_name
     log(f"bench: {model_name}, batch {batch_size}, {what}, {device_name(engine.device)}, torch {torch.__version__}")
-    log(f"precision (ours): {'bf16' if engine.amp else 'fp32'}, {engine.amp_reason}")
-    return cfg, engine, arrays.train_images, arrays.train_labels, what, model_name
+    log(f"precision (ours): {engine.precision}")
+    loader = TensorImageLoader(images, labels, images.float().div(255).mean(0), batch_size, True, engine.device,
+                               int(cfg.seed), int(cfg.data.pad))
+    return _Bench(cfg, engine, images, labels, loader, what, model_name)
 
 
 def _alternate(first: Callable[[], int], second: Callable[[], int], steps: int, warmup: int, rounds: int,
@@ -246,12 +264,10 @@ def run_pack_bench(
     members' images together). The last log line is `pack speedup: <ratio>x` (aggregate over alone)."""
     if pack < 1:
         raise UserError(f"--pack {pack}: give a whole number >= 1")
-    cfg, engine, images, labels, what, model_name = _setup(arch, n, batch_size, data_dir, device, overrides, log)
-    dev = engine.device
+    bench = _setup(arch, n, batch_size, data_dir, device, overrides, log)
+    cfg, engine, dev, loader = bench.cfg, bench.engine, bench.engine.device, bench.loader
     steps = steps or (300 if dev.type == "cuda" else 10)
     warmup = warmup if warmup is not None else (30 if dev.type == "cuda" else 2)
-    mean = images.float().div(255).mean(0)
-    loader = TensorImageLoader(images, labels, mean, batch_size, True, dev, int(cfg.seed), int(cfg.data.pad))
 
     torch.manual_seed(0)  # one run alone: fit's model, optimizer, compilation and step
     model, optimizer = prepare_model(cfg, engine, 10)
@@ -283,14 +299,11 @@ def run_pack_bench(
     log(f"one run alone vs {pack} packed: warming up ({warmup} steps each)")
     alone, together = _alternate(solo_step, packed_step, steps, warmup, rounds, dev, log)
     parts = [p for p, on in (("bf16 autocast", engine.amp), ("channels_last", engine.channels_last)) if on]
-    result = BenchResult(
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=device_name(dev),
-        torch=torch.__version__, model=model_name, batch=batch_size, data=what,
-        ref_images_per_s=round(alone, 2), ours_images_per_s=round(together, 2), speedup=round(together / alone, 3),
+    result = bench.result(
+        steps, ref_images_per_s=round(alone, 2), ours_images_per_s=round(together, 2), speedup=round(together / alone, 3),
         ref_pipeline="one run alone (fit's step" + (f", torch.compile ({engine.compile})" if engine.compile else "")
                      + ")", ours_pipeline=f"{pack} runs packed (grouped convs, PackedSGD, eager"
                      + "".join(f", {p}" for p in parts) + ")",
-        steps=steps, git_commit=git_commit(), precision=f"{'bf16' if engine.amp else 'fp32'} ({engine.amp_reason})",
         pack=pack, member_images_per_s=round(together / pack, 2),
     )
     path = append_row(Path(results_dir) / "bench.csv", result)

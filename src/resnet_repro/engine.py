@@ -34,6 +34,11 @@ class Engine:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def precision(self) -> str:
+        """What the engine trains in, and why (`train.amp: auto` decides by the hardware)."""
+        return f"{'bf16' if self.amp else 'fp32'} ({self.amp_reason})"
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
