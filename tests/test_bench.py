@@ -2,7 +2,9 @@
 
 import csv
 
+import pytest
 import torch
+from PIL import Image
 
 from resnet_repro.bench import run_bench
 
@@ -19,8 +21,6 @@ def test_bench_times_both_pipelines_and_appends_a_row(tmp_path):
     assert any(line.startswith("precision (ours): ") for line in lines)
 
 
-
-
 def test_bench_pack_times_one_run_alone_against_k_packed(tmp_path):
     from resnet_repro.bench import run_pack_bench
 
@@ -33,3 +33,40 @@ def test_bench_pack_times_one_run_alone_against_k_packed(tmp_path):
         packed, plain = list(csv.DictReader(f))
     assert packed["pack"] == "2" and float(packed["member_images_per_s"]) > 0 and plain["pack"] == ""
     assert packed["ours_pipeline"].startswith("2 runs packed")
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+def test_bench_imagenet_times_each_pipeline_and_resnet50_on_generated_jpegs(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from resnet_repro.cli import app
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run_bench(n=1, batch_size=16, steps=1, warmup=0, workers=0, results_dir=tmp_path)  # an older kind of row
+    args = ["bench", "imagenet", "--images", "8", "--batch-size", "2", "--steps", "1", "--workers", "1",
+            "--results-dir", str(tmp_path), "train.amp=false"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    jpegs = sorted((tmp_path / "cache" / "resnet_repro" / "bench_imagenet" / "train").rglob("*.JPEG"))
+    assert len(jpegs) == 8 and all(300 <= min(Image.open(p).size) <= 500 for p in jpegs)  # ImageNet's sizes
+    with open(tmp_path / "bench.csv") as f:
+        cifar, pipeline, step = list(csv.DictReader(f))
+    assert cifar["bench"] == "cifar" and cifar["pipeline"] == ""
+    assert pipeline["bench"] == step["bench"] == "imagenet" and "CPU workers" in pipeline["pipeline"]
+    assert float(pipeline["images_per_s"]) > 0 and pipeline["workers"] == "1"
+    assert pipeline["per_worker_images_per_s"] == pipeline["images_per_s"]
+    assert step["model"] == "resnet50-B" and step["batch"] == "2" and "CPU: a few steps" in step["pipeline"]
+    assert step["precision"].startswith("fp32") and "generated JPEGs" in step["data"]
+    assert "images/s" in result.output and "GPU pipeline: not measured" in result.output  # no GPU here
+    again = CliRunner().invoke(app, args)  # the generated folder is reused, not written again
+    assert again.exit_code == 0 and "writing" not in again.output and "writing 8" in result.output
+
+
+def test_bench_rejects_an_unknown_kind(tmp_path):
+    from typer.testing import CliRunner
+
+    from resnet_repro.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "imagnet", "--results-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "choose one of cifar, imagenet" in result.output
+    assert "Traceback" not in result.output

@@ -10,6 +10,7 @@ from PIL import Image
 
 from imagefolders import write_image_folder
 from resnet_repro import imagenet
+from resnet_repro import imagenet_transforms as transforms
 from resnet_repro.config import compose_experiment, expand_runs
 from resnet_repro.data import build_data
 from resnet_repro.engine import Engine
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:The image decoding and encoding
               pytest.mark.usefixtures("one_thread")]
 
 CPU = Engine(device=torch.device("cpu"), amp=False, channels_last=False, compile=None)
-SIZES = imagenet.Sizes((40, 48), 32, 36, (32, 48))
+SIZES = transforms.Sizes((40, 48), 32, 36, (32, 48))
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +32,17 @@ def files(image_tree):
 
 
 def zero_mean(device="cpu"):
-    return imagenet.Normalize(torch.zeros(3, 1, 1), torch.device(device))
+    return transforms.Normalize(torch.zeros(3, 1, 1), torch.device(device))
 
 
-def loader(files, seed=0, batch_size=4, lighting_std=0.1, workers=0, rank=0, world=1):
+def loader(files, seed=0, batch_size=4, lighting_std=0.1, workers=0, rank=0, world=1, on_device=False):
     return imagenet.FolderLoader(files, SIZES, zero_mean(), batch_size, torch.device("cpu"), seed, lighting_std,
-                                 workers, rank, world)
+                                 workers, rank, world, decode_on_device=on_device)
+
+
+# Both pipelines: CPU workers decode and crop, or workers read bytes and the device (here the CPU,
+# standing in for a GPU) decodes and crops. Distribution checks run on both.
+PIPELINES = pytest.mark.parametrize("on_device", [False, True], ids=["cpu-decode", "device-decode"])
 
 
 # ---------------------------------------------------------------------------------- folders, sizes
@@ -54,9 +60,9 @@ def test_lists_sorted_classes_and_finds_a_nested_split(image_tree, tmp_path):
 
 def test_bad_sizes_are_user_errors():
     with pytest.raises(UserError, match="scale_range"):
-        imagenet.Sizes((24, 48), 32, 36, (32,))
+        transforms.Sizes((24, 48), 32, 36, (32,))
     with pytest.raises(UserError, match="test_resize"):
-        imagenet.Sizes((40, 48), 32, 30, (32,))
+        transforms.Sizes((40, 48), 32, 30, (32,))
 
 
 def test_grey_and_cmyk_jpegs_decode_to_rgb(files):
@@ -70,15 +76,15 @@ def test_grey_and_cmyk_jpegs_decode_to_rgb(files):
 
 def test_random_crop_flip_is_a_window_of_the_rescaled_image_or_its_mirror():
     img = torch.randint(0, 256, (3, 50, 90), dtype=torch.uint8)
-    assert imagenet.resized_dims(50, 90, 40) == (40, 72) and imagenet.resized_dims(90, 50, 40) == (72, 40)
+    assert transforms.resized_dims(50, 90, 40) == (40, 72) and transforms.resized_dims(90, 50, 40) == (72, 40)
     windows = {}  # (shorter side, mirrored) -> every 32x32 window of the image resized so, (3, rows, cols, 32, 32)
     for short in range(SIZES.scale_range[0], SIZES.scale_range[1] + 1):
-        scaled = imagenet.resize_short(img, short)
+        scaled = transforms.resize_short(img, short)
         for mirrored in (False, True):
             windows[short, mirrored] = (scaled.flip(-1) if mirrored else scaled).unfold(1, 32, 1).unfold(2, 32, 1)
     scales, mirrors = set(), set()
     for i in range(20):
-        view = imagenet.random_crop_flip(img, np.random.default_rng(i), SIZES)
+        view = transforms.random_crop_flip(img, np.random.default_rng(i), SIZES)
         assert view.shape == (3, 32, 32) and view.dtype == torch.uint8
         hits = [key for key, w in windows.items() if (w == view[:, None, None]).all(0).flatten(2).all(-1).any()]
         assert hits, f"view {i} is no window of the image rescaled to a shorter side in {SIZES.scale_range}"
@@ -87,24 +93,27 @@ def test_random_crop_flip_is_a_window_of_the_rescaled_image_or_its_mirror():
     assert len(scales) > 3 and mirrors == {False, True}  # scale augmentation and flips both happen
 
 
-def test_train_batches_are_normalised_crops_on_the_device(files):
-    x, y = next(iter(loader(files[0], lighting_std=0.0)))
+@PIPELINES
+def test_train_batches_are_normalised_crops_on_the_device(files, on_device):
+    x, y = next(iter(loader(files[0], lighting_std=0.0, on_device=on_device)))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     pixels = x * 255  # no mean, no lighting: the uint8 crop, scaled
     assert torch.allclose(pixels, pixels.round(), atol=1e-3) and 0 <= x.min() and x.max() <= 1
     mean = imagenet.compute_mean(files[0], SIZES, "pixel", 8)
-    x, _ = next(iter(imagenet.FolderLoader(files[0], SIZES, imagenet.Normalize(mean, torch.device("cpu")), 4,
-                                           torch.device("cpu"), lighting_std=0.1)))
+    x, _ = next(iter(imagenet.FolderLoader(files[0], SIZES, transforms.Normalize(mean, torch.device("cpu")), 4,
+                                           torch.device("cpu"), lighting_std=0.1, decode_on_device=on_device)))
     assert -1 < x.min() < 0 < x.max() < 1  # mean subtracted (and lighting added)
 
 
-def test_pca_lighting_is_a_zero_mean_colour_shift(files):
+@PIPELINES
+def test_pca_lighting_is_a_zero_mean_colour_shift(files, on_device):
     alpha = torch.randn(20000, 3, generator=torch.Generator().manual_seed(0)) * 0.1
-    shift = imagenet.lighting_shift(alpha)
+    shift = transforms.lighting_shift(alpha)
     assert shift.abs().mean() > 1e-3  # it changes colours ...
     assert (shift.mean(0).abs() < 4 * shift.std(0) / 20000 ** 0.5).all()  # ... with zero-mean noise
-    assert torch.allclose(imagenet.lighting_shift(torch.eye(3)), (imagenet.PCA_EIGVEC * imagenet.PCA_EIGVAL).T)
-    plain, lit = next(iter(loader(files[0], lighting_std=0.0))), next(iter(loader(files[0], lighting_std=0.1)))
+    assert torch.allclose(transforms.lighting_shift(torch.eye(3)), (transforms.PCA_EIGVEC * transforms.PCA_EIGVAL).T)
+    plain = next(iter(loader(files[0], lighting_std=0.0, on_device=on_device)))
+    lit = next(iter(loader(files[0], lighting_std=0.1, on_device=on_device)))
     assert torch.equal(plain[1], lit[1])
     diff = lit[0] - plain[0]  # one RGB offset per image, the same at every pixel
     offsets = diff[:, :, :1, :1]
@@ -112,19 +121,60 @@ def test_pca_lighting_is_a_zero_mean_colour_shift(files):
     assert not torch.allclose(offsets[0], offsets[1])
 
 
-def test_epoch_order_depends_only_on_seed_and_epoch_and_resumes(files):
+@PIPELINES
+def test_epoch_order_depends_only_on_seed_and_epoch_and_resumes(files, on_device):
     def batches(ld, epoch, start=0):
         return [(x.clone(), y.clone()) for x, y in ld.epoch(epoch, start)]
 
-    one, two = batches(loader(files[0], seed=3), 1), batches(loader(files[0], seed=3), 1)
+    one, two = (batches(loader(files[0], seed=3, on_device=on_device), 1) for _ in range(2))
     assert len(one) == 4 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(one, two))
-    assert not torch.equal(one[0][0], batches(loader(files[0], seed=3), 2)[0][0])
-    assert not torch.equal(one[0][0], batches(loader(files[0], seed=4), 1)[0][0])
-    resumed = batches(loader(files[0], seed=3), 1, start=2)
+    assert not torch.equal(one[0][0], batches(loader(files[0], seed=3, on_device=on_device), 2)[0][0])
+    assert not torch.equal(one[0][0], batches(loader(files[0], seed=4, on_device=on_device), 1)[0][0])
+    resumed = batches(loader(files[0], seed=3, on_device=on_device), 1, start=2)
     assert len(resumed) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(resumed, one[2:]))
     # worker processes draw the same augmentation as the main process
-    with_workers = batches(loader(files[0], seed=3, workers=1), 1)
+    with_workers = batches(loader(files[0], seed=3, workers=1, on_device=on_device), 1)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(with_workers, one))
+
+
+def test_both_pipelines_give_the_same_batches_for_a_seed(files):
+    """Given the same draws the device pipeline makes the CPU pipeline's views: same files, crops,
+    flips and lighting, whether workers decode or only read bytes."""
+    for epoch, start in ((0, 0), (1, 2)):
+        cpu = list(loader(files[0], seed=5, workers=1).epoch(epoch, start))
+        device = list(loader(files[0], seed=5, workers=1, on_device=True).epoch(epoch, start))
+        assert len(cpu) == len(device) > 0
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(cpu, device))
+
+
+@pytest.mark.parametrize("protocol", imagenet.TEST_PROTOCOLS)
+def test_both_pipelines_give_the_same_test_views(files, protocol):
+    cpu, device = (imagenet.TestLoader(files[1], SIZES, protocol, zero_mean(), 4, torch.device("cpu"),
+                                       decode_on_device=on) for on in (False, True))
+    for (v1, y1, i1), (v2, y2, i2) in zip(cpu.indexed(), device.indexed(), strict=True):
+        assert torch.equal(y1, y2) and torch.equal(i1, i2) and all(torch.equal(a, b) for a, b in zip(v1, v2, strict=True))
+
+
+def test_a_crop_is_drawn_from_the_image_size_alone():
+    """The draw needs no pixels, and a GPU's float resize (torchvision resizes uint8 on CUDA in float,
+    then rounds) gives the CPU's uint8 kernel's view to within one grey level."""
+    img = torch.randint(0, 256, (3, 50, 90), dtype=torch.uint8)
+    img = torch.nn.functional.avg_pool2d(img[None].float(), 3, 1, 1)[0].round().to(torch.uint8)  # photo-like
+    for i in range(10):
+        draw = transforms.draw_crop(50, 90, np.random.default_rng(i), SIZES)
+        view = transforms.apply_crop(img, draw, SIZES.crop)
+        assert torch.equal(view, transforms.random_crop_flip(img, np.random.default_rng(i), SIZES))
+        as_float = transforms.apply_crop(img.float(), draw, SIZES.crop).round().clamp(0, 255)
+        assert (as_float - view.float()).abs().max() <= 1
+
+
+def test_decode_setting_falls_back_to_cpu_where_there_is_no_gpu():
+    cpu = torch.device("cpu")
+    assert not imagenet.decodes_on_device("auto", cpu) and not imagenet.decodes_on_device("cpu", cpu)
+    with pytest.raises(UserError, match="data.decode=gpu: this run trains on the CPU"):
+        imagenet.decodes_on_device("gpu", cpu)
+    with pytest.raises(UserError, match="choose one of auto, cpu, gpu"):
+        imagenet.decodes_on_device("nvjpeg", cpu)
 
 
 def test_ranks_split_each_global_batch(files):
@@ -169,7 +219,7 @@ def test_multiscale_views_are_whole_images_at_each_scale(files):
 
 def test_multiscale_flips_are_an_option():
     img = torch.randint(0, 255, (3, 40, 60), dtype=torch.uint8)
-    with_flips = imagenet.test_views(img, "multiscale", dataclasses.replace(SIZES, multiscale_flips=True))
+    with_flips = transforms.test_views(img, "multiscale", dataclasses.replace(SIZES, multiscale_flips=True))
     assert len(with_flips) == 2 * len(SIZES.multiscale)
     assert all(torch.equal(f, v.flip(-1)) for v, f in zip(with_flips[::2], with_flips[1::2]))
 
@@ -217,9 +267,6 @@ def test_bn_recalibration_averages_over_training_images(files):
     with torch.no_grad():
         outs = torch.cat([model.conv1(x) for x, _ in list(ld.epoch(0))[:2]])
     assert torch.allclose(model.bn1.running_mean, outs.mean((0, 2, 3)), atol=1e-5)
-
-
-# ------------------------------------------------------------------------------------ configs
 
 
 # ------------------------------------------------------------------------------------ configs

@@ -40,7 +40,9 @@ PAPER_ITERATIONS = 64_000  # the CIFAR-10 schedule of Sec. 4.2
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # what the reimplementations use
 CSV_COLUMNS = ["date", "device", "torch", "model", "batch", "data", "ref_images_per_s", "ours_images_per_s",
                "speedup", "ref_pipeline", "ours_pipeline", "steps", "git_commit", "precision", "pack",
-               "member_images_per_s"]
+               "member_images_per_s",
+               # bench imagenet: one row per pipeline timed alone (ref_/ours_ columns empty)
+               "bench", "pipeline", "images_per_s", "workers", "per_worker_images_per_s"]
 
 
 @dataclass
@@ -61,6 +63,7 @@ class BenchResult:
     precision: str = ""  # ours: bf16 or fp32, and why (train.amp: auto decides by the hardware)
     pack: int | None = None  # --pack K: ref is one run alone, ours K runs packed (images/s of all K together)
     member_images_per_s: float | None = None  # --pack K: images/s of each packed run
+    bench: str = "cifar"  # cifar (ours against the reference) or pack (alone against packed)
 
     def projected_hours(self, images_per_s: float) -> float:
         return PAPER_ITERATIONS * self.batch / images_per_s / 3600
@@ -106,7 +109,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step: Callable[[], int], count: int, device: torch.device) -> tuple[int, float]:
+def timed(step: Callable[[], int], count: int, device: torch.device) -> tuple[int, float]:
     """Images and seconds for `count` calls of `step` (which returns its batch size)."""
     _sync(device)
     start, images = time.perf_counter(), 0
@@ -232,13 +235,13 @@ def _setup(arch, n, batch_size, data_dir, device, overrides, log) -> _Bench:
 def _alternate(first: Callable[[], int], second: Callable[[], int], steps: int, warmup: int, rounds: int,
                device: torch.device, log: Callable[[str], None]) -> tuple[float, float]:
     """Images/s of two step functions: `warmup` untimed steps each, then `steps` each in alternating rounds."""
-    _timed(first, warmup, device)
-    _timed(second, warmup, device)
+    timed(first, warmup, device)
+    timed(second, warmup, device)
     totals = [[0, 0.0], [0, 0.0]]
     per_round = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
     for r, count in enumerate(per_round, 1):
         for total, step in zip(totals, (first, second)):
-            images_done, seconds = _timed(step, count, device)
+            images_done, seconds = timed(step, count, device)
             total[0] += images_done
             total[1] += seconds
         log(f"round {r}/{rounds}: {count} steps each")
@@ -304,7 +307,7 @@ def run_pack_bench(
         ref_pipeline="one run alone (fit's step" + (f", torch.compile ({engine.compile})" if engine.compile else "")
                      + ")", ours_pipeline=f"{pack} runs packed (grouped convs, PackedSGD, eager"
                      + "".join(f", {p}" for p in parts) + ")",
-        pack=pack, member_images_per_s=round(together / pack, 2),
+        pack=pack, member_images_per_s=round(together / pack, 2), bench="pack",
     )
     path = append_row(Path(results_dir) / "bench.csv", result)
     hours_alone, hours_packed = pack * result.projected_hours(alone), result.projected_hours(together / pack)
@@ -318,10 +321,14 @@ def run_pack_bench(
 
 
 def append_row(path: Path, result: BenchResult) -> Path:
-    """Add one row to the CSV; the file is replaced atomically. Rows written before a column was
+    return append_rows(path, [asdict(result)])
+
+
+def append_rows(path: Path, new_rows: list[dict]) -> Path:
+    """Add rows to the CSV; the file is replaced atomically. Rows written before a column was
     added keep their values, with the new column empty."""
     rows = list(csv.DictReader(io.StringIO(path.read_text()))) if path.exists() else []
-    rows.append({k: v for k, v in asdict(result).items() if k in CSV_COLUMNS})
+    rows += [{k: ("" if v is None else v) for k, v in r.items() if k in CSV_COLUMNS} for r in new_rows]
     columns = CSV_COLUMNS + [c for c in (rows[0].keys() if rows else []) if c not in CSV_COLUMNS]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")

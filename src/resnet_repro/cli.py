@@ -232,33 +232,49 @@ def sweep(
     _train_and_report(cfg, restart)
 
 
+BENCH_KINDS = ("cifar", "imagenet")
+
+
 @app.command()
 @friendly_errors
 def bench(
+    args: Annotated[list[str] | None, typer.Argument(
+        help="What to time, cifar (the default) or imagenet, then Hydra overrides, e.g. train.amp=false.")] = None,
     n: Annotated[int, typer.Option("--n", help="CIFAR net of depth 6n+2 (3: ResNet-20).")] = 3,
     arch: Annotated[Arch, typer.Option("--arch", help="resnet or plain.")] = Arch.resnet,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Mini-batch (the paper's 128).")] = 128,
-    steps: Annotated[int | None, typer.Option("--steps", help="Timed steps per pipeline (default 20 on CPU, 300 on GPU).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Mini-batch (CIFAR: the paper's 128; ImageNet: 256 on a GPU, 16 on a CPU).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Timed steps per pipeline (default 20 on CPU, 300 on GPU; ImageNet 3 and 50).")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed steps first, compilation included (default 3 CPU, 30 GPU).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers of the reference (default min(4, cores)).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (CIFAR reference: min(4, cores); ImageNet: all cores).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     pack: Annotated[int | None, typer.Option("--pack", help="Instead: one run alone against K runs packed (train.pack=K).")] = None,
-    overrides: Overrides = None,
+    images: Annotated[int, typer.Option("--images", help="ImageNet: how many ImageNet-sized JPEGs to generate (once, cached).")] = 2000,
     data_dir: DataDir = None,
     results_dir: ResultsDir = Path("results"),
 ):
-    """Images/s of our training step against the usual PIL + DataLoader pipeline (or, with --pack K, one run
-    alone against K packed); a row in RESULTS/bench.csv."""
+    """Images/s, a row in RESULTS/bench.csv. cifar: our training step against the usual PIL + DataLoader
+    pipeline (or, with --pack K, one run alone against K packed). imagenet: the input pipelines (CPU
+    workers; nvJPEG on a GPU) and ResNet-50's step, each alone, on generated ImageNet-sized JPEGs or --data-dir."""
+    args = list(args or [])
+    kind = args.pop(0) if args and args[0] in BENCH_KINDS else "cifar"
+    if args and "=" not in args[0]:
+        raise UserError(f"bench {args[0]}: choose one of {', '.join(BENCH_KINDS)} (then Hydra overrides key=value)")
+    config_mod.check_folder(results_dir, "--results-dir")
+    log = lambda line: console.print(line, highlight=False)  # noqa: E731
+    if kind == "imagenet":
+        from .bench_imagenet import run_imagenet_bench
+
+        run_imagenet_bench(data_dir, images, batch_size, steps, workers, device, results_dir=results_dir,
+                           overrides=args, log=log)
+        return
     from .bench import run_bench, run_pack_bench
 
-    config_mod.check_folder(results_dir, "--results-dir")
     if pack is not None:
-        run_pack_bench(pack, arch.value, n, batch_size, data_dir, steps, warmup, device=device, results_dir=results_dir,
-                       overrides=list(overrides or []), log=lambda line: console.print(line, highlight=False))
+        run_pack_bench(pack, arch.value, n, batch_size or 128, data_dir, steps, warmup, device=device,
+                       results_dir=results_dir, overrides=args, log=log)
         return
-    run_bench(arch.value, n, batch_size, data_dir, steps, warmup, workers=workers, device=device,
-              results_dir=results_dir, overrides=list(overrides or []),
-              log=lambda line: console.print(line, highlight=False))
+    run_bench(arch.value, n, batch_size or 128, data_dir, steps, warmup, workers=workers, device=device,
+              results_dir=results_dir, overrides=args, log=log)
 
 
 @app.command("list")

@@ -23,8 +23,8 @@ from .data import build_data
 from .engine import Engine, eval_engine, setup_engine
 from .errors import UserError
 from .hardware import device_name
-from .imagenet import (ImageFiles, TestLoader, find_split, list_images, load_splits, mean_normalize, setting,
-                       sizes_from_config, torchvision_normalize)
+from .imagenet import ImageFiles, TestLoader, find_split, list_images, load_splits, mean_normalize, setting
+from .imagenet_transforms import sizes_from_config, torchvision_normalize
 from .models import build_model, from_torchvision
 from .results import TEST_PROTOCOLS, RunDir, Summary, git_commit, now
 from .train import measure_responses, top_k_wrong, view_scores

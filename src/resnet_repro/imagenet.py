@@ -1,15 +1,12 @@
-"""ImageNet-style data from ImageFolder trees (Sec. 3.4): folders, sizes, augmentation, test-time
-views, the mean image, and the loaders a run and `eval` read.
+"""ImageNet-style data from ImageFolder trees (Sec. 3.4): folders, decoding, the mean image, and the
+loaders a run and `eval` read (the transforms themselves are in imagenet_transforms).
 
-Training: the shorter side resized at random in [256, 480], a random 224x224 crop or its horizontal
-flip, the per-pixel mean subtracted, AlexNet's PCA colour ("lighting") augmentation. Testing: a center
-crop (Fig. 4's curves), the standard 10-crop (Tables 2, 3), or the fully-convolutional form with
-scores averaged over shorter sides {224, 256, 384, 480, 640} (Table 4; and mirrors if asked). Every size is a
-config value, so the same code runs ImageNet, the 64-px proxy and 32-px smoke tests.
-
-Workers decode (torchvision.io) and crop to uint8; the device does the float work (mean, lighting)
-on whole batches. Every random choice for image i of epoch e is drawn from (seed, e, i) and the
-order from (seed, e), so a resumed run, and any number of workers, sees the same batches.
+Two pipelines give the same batches for a seed. CPU decoding: DataLoader workers decode
+(torchvision.io), scale, crop and flip to uint8. Device decoding (`data.decode`, auto = on a GPU with
+nvJPEG): workers only read file bytes, and the GPU decodes whole batches and does the geometry. Either
+way the device does the float work (mean, lighting) on whole batches. Every random choice for image i
+of epoch e is drawn from (seed, e, i) and the order from (seed, e), so a resumed run, any number of
+workers and either pipeline see the same batches.
 """
 
 from __future__ import annotations
@@ -21,16 +18,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms.v2 import functional as TF
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg, read_file
 
 from .config import data_root
 from .errors import UserError
+from .imagenet_transforms import (Normalize, Sizes, augment, image_rng, lighting_shift, resized_dims,
+                                  sizes_from_config, test_views)
 from .loader import Data, epoch_generator
 from .results import TEST_PROTOCOLS, atomic_write_bytes
 
@@ -40,47 +36,11 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 MEANS = ("pixel", "channel")
+DECODES = ("auto", "cpu", "gpu")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
-# AlexNet's PCA of ImageNet RGB pixels (scaled to [0, 1]), as in fb.resnet.torch: eigenvalues and
-# eigenvectors (columns). Lighting adds eigvec @ (alpha * eigval) with alpha ~ N(0, 0.1) per image.
-PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
-PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
-                           [-0.5808, -0.0045, -0.8140],
-                           [-0.5836, -0.6948, 0.4203]])
-# torchvision's pretrained weights expect (x - mean) / std per channel, x in [0, 1].
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
-
-
 # ---------------------------------------------------------------------------------------------
-# Sizes and folders
-
-
-@dataclass(frozen=True)
-class Sizes:
-    scale_range: tuple[int, int]  # training: shorter side drawn uniformly from [lo, hi]
-    crop: int  # training and center / 10-crop testing
-    test_resize: int  # center / 10-crop testing: shorter side before cropping
-    multiscale: tuple[int, ...]  # fully-convolutional testing: shorter sides
-    multiscale_flips: bool = False  # also score each scale's mirror image (not in the paper's text)
-
-    def __post_init__(self):
-        lo, hi = self.scale_range
-        if not self.crop <= lo <= hi:
-            raise UserError(f"data.scale_range {list(self.scale_range)} must satisfy crop ({self.crop}) <= lo <= hi")
-        if self.test_resize < self.crop:
-            raise UserError(f"data.test_resize ({self.test_resize}) must be at least data.crop ({self.crop})")
-        if not self.multiscale or min(self.multiscale) < 1:
-            raise UserError(f"data.multiscale must list positive shorter sides, got {list(self.multiscale)}")
-
-
-def sizes_from_config(data_cfg: DictConfig) -> Sizes:
-    """The configured sizes; with `data.sample` the small ones of `data.tiny`."""
-    src = data_cfg.tiny if data_cfg.sample else data_cfg
-    lo, hi = (int(v) for v in src.scale_range)
-    return Sizes((lo, hi), int(src.crop), int(src.test_resize), tuple(int(s) for s in src.multiscale),
-                 bool(data_cfg.get("multiscale_flips", False)))
+# Folders and files
 
 
 @dataclass
@@ -135,12 +95,59 @@ def list_images(folder: Path, per_class: int | None = None, max_classes: int | N
     return ImageFiles(paths, labels, list(classes), folder)
 
 
-def read_image(path: str) -> torch.Tensor:
-    """uint8 (3, H, W) RGB; grey and CMYK JPEGs are converted."""
+def decode_bytes(data: torch.Tensor, path: str) -> torch.Tensor:
+    """uint8 (3, H, W) RGB on the CPU from a file's bytes; grey and CMYK JPEGs are converted."""
     try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        return decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError as e:
         raise UserError(f"cannot decode image {path} ({e})")
+
+
+def read_image(path: str) -> torch.Tensor:
+    return decode_bytes(read_file(path), path)
+
+
+def decode_on(device: torch.device, data: list[torch.Tensor], paths: list[str]) -> list[torch.Tensor]:
+    """A batch of files' bytes as uint8 (3, H, W) RGB images on `device`. On CUDA one nvJPEG call
+    decodes the whole batch; a batch nvJPEG refuses (a PNG named .JPEG, as ImageNet has, or a JPEG
+    it cannot read) is decoded file by file, and what nvJPEG still refuses, on the CPU."""
+    if device.type != "cuda":
+        return [decode_bytes(d, p).to(device) for d, p in zip(data, paths)]
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    images = []
+    for d, p in zip(data, paths):
+        try:
+            images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            images.append(decode_bytes(d, p).to(device, non_blocking=True))
+    return images
+
+
+def nvjpeg_works(device: torch.device) -> bool:
+    """Whether torchvision can decode JPEGs on this device (a CUDA build with nvJPEG)."""
+    if device.type != "cuda":
+        return False
+    try:
+        probe = encode_jpeg(torch.zeros(3, 16, 16, dtype=torch.uint8))
+        return decode_jpeg(probe, device=device).shape == (3, 16, 16)
+    except Exception:  # no nvJPEG in this build, or the driver refuses: the CPU path still works
+        return False
+
+
+def decodes_on_device(setting: str, device: torch.device) -> bool:
+    """`data.decode`: cpu (workers decode), gpu (nvJPEG on the training GPU), or auto (gpu where it works)."""
+    if setting not in DECODES:
+        raise UserError(f"data.decode={setting}: choose one of {', '.join(DECODES)}")
+    if setting == "cpu":
+        return False
+    works = nvjpeg_works(device)
+    if setting == "gpu" and not works:
+        why = "this run trains on the CPU" if device.type != "cuda" else "nvJPEG decoding failed on this GPU"
+        raise UserError(f"data.decode=gpu: {why}; use data.decode=auto or data.decode=cpu")
+    return works
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -153,87 +160,6 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Geometry (uint8 tensors, in workers)
-
-
-def resized_dims(h: int, w: int, short: int) -> tuple[int, int]:
-    """Shorter side to `short`, aspect ratio kept (longer side truncated, as torchvision does)."""
-    if h <= w:
-        return short, max(short, int(short * w / h))
-    return max(short, int(short * h / w)), short
-
-
-def resize_short(img: torch.Tensor, short: int) -> torch.Tensor:
-    h, w = img.shape[-2:]
-    dims = resized_dims(h, w, short)
-    if dims == (h, w):
-        return img
-    return TF.resize(img, list(dims), antialias=True)
-
-
-def random_crop_flip(img: torch.Tensor, rng: np.random.Generator, sizes: Sizes) -> torch.Tensor:
-    """Scale augmentation, a random crop and a random horizontal flip (Sec. 3.4)."""
-    img = resize_short(img, int(rng.integers(sizes.scale_range[0], sizes.scale_range[1] + 1)))
-    h, w = img.shape[-2:]
-    top, left = int(rng.integers(0, h - sizes.crop + 1)), int(rng.integers(0, w - sizes.crop + 1))
-    img = img[:, top : top + sizes.crop, left : left + sizes.crop]
-    return img.flip(-1) if rng.random() < 0.5 else img
-
-
-def test_views(img: torch.Tensor, protocol: str, sizes: Sizes) -> list[torch.Tensor]:
-    """The views one test image is scored on; their softmax scores are averaged."""
-    if protocol == "center":
-        return [TF.center_crop(resize_short(img, sizes.test_resize), [sizes.crop])]
-    if protocol == "10crop":  # 4 corners and center, and their flips
-        return list(TF.ten_crop(resize_short(img, sizes.test_resize), [sizes.crop]))
-    if protocol == "multiscale":  # whole image at each shorter side (and its mirror, if asked)
-        views = []
-        for short in sizes.multiscale:
-            scaled = resize_short(img, short)
-            views += [scaled, scaled.flip(-1)] if sizes.multiscale_flips else [scaled]
-        return views
-    raise UserError(f"unknown test protocol {protocol!r}: choose one of {', '.join(TEST_PROTOCOLS)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Float work on the device: mean subtraction and lighting
-
-
-def lighting_shift(alpha: torch.Tensor) -> torch.Tensor:
-    """RGB offsets (N, 3) for PCA coefficients alpha (N, 3): eigvec @ (alpha * eigval)."""
-    return (alpha * PCA_EIGVAL.to(alpha.device)) @ PCA_EIGVEC.to(alpha.device).T
-
-
-class Normalize:
-    """uint8 batches to float: x/255 (+ lighting) - mean (/ std). A per-pixel mean image is resized
-    to inputs of other sizes (multi-scale testing)."""
-
-    def __init__(self, mean: torch.Tensor, device: torch.device, std: torch.Tensor | None = None):
-        self.mean = mean.to(device, torch.float32)
-        self.std = None if std is None else std.to(device, torch.float32).view(3, 1, 1)
-        self._resized: dict[tuple[int, int], torch.Tensor] = {}
-
-    def mean_for(self, h: int, w: int) -> torch.Tensor:
-        if self.mean.shape[-2:] in ((1, 1), (h, w)):
-            return self.mean
-        if (h, w) not in self._resized:
-            self._resized[(h, w)] = F.interpolate(self.mean[None], size=(h, w), mode="bilinear",
-                                                  align_corners=False)[0]
-        return self._resized[(h, w)]
-
-    def __call__(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
-        x = x.float().div_(255)
-        if shift is not None:
-            x.add_(shift.view(-1, 3, 1, 1))
-        x.sub_(self.mean_for(*x.shape[-2:]))
-        return x if self.std is None else x.div_(self.std)
-
-
-def torchvision_normalize(device: torch.device) -> Normalize:
-    return Normalize(torch.tensor(TORCHVISION_MEAN).view(3, 1, 1), device, torch.tensor(TORCHVISION_STD))
-
-
-# ---------------------------------------------------------------------------------------------
 # Datasets (what a worker computes for one index) and loaders
 
 
@@ -241,13 +167,17 @@ def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers decode; the main process owns the cores for the model
 
 
-def _loader(dataset: Dataset, batches: list[list[int]], workers: int, device: torch.device) -> DataLoader:
+def _loader(dataset: Dataset, batches: list[list[int]], workers: int, device: torch.device,
+            collate_fn=None) -> DataLoader:
     workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=_one_thread if workers else None, prefetch_factor=4 if workers else None)
+                      worker_init_fn=_one_thread if workers else None, prefetch_factor=4 if workers else None,
+                      collate_fn=collate_fn)
 
 
 class TrainSet(Dataset):
+    """CPU decoding: a worker decodes, crops and flips one image."""
+
     def __init__(self, files: ImageFiles, sizes: Sizes, lighting_std: float, seed: int, epoch: int):
         self.files, self.sizes, self.lighting_std, self.seed, self.epoch = files, sizes, lighting_std, seed, epoch
 
@@ -255,9 +185,8 @@ class TrainSet(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        rng = np.random.default_rng([self.seed, self.epoch, i])  # counter-based: (seed, epoch, index)
-        view = random_crop_flip(read_image(self.files.paths[i]), rng, self.sizes)
-        alpha = torch.from_numpy(rng.normal(0.0, self.lighting_std, 3).astype(np.float32))
+        view, alpha = augment(read_image(self.files.paths[i]), image_rng(self.seed, self.epoch, i), self.sizes,
+                              self.lighting_std)
         return view, self.files.labels[i], alpha
 
 
@@ -272,17 +201,38 @@ class TestSet(Dataset):
         return test_views(read_image(self.files.paths[i]), self.protocol, self.sizes), self.files.labels[i], i
 
 
+class FileBytes(Dataset):
+    """Device decoding: a worker only reads the file."""
+
+    def __init__(self, files: ImageFiles):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return read_file(self.files.paths[i]), self.files.labels[i], i
+
+
+def _byte_batch(items: list) -> tuple[torch.Tensor, list[int], torch.Tensor, list[int]]:
+    """Files differ in length: one flat byte tensor and the lengths (one shared-memory block per
+    batch; a list of many small tensors runs workers out of file descriptors)."""
+    data, labels, index = zip(*items)
+    return torch.cat(data), [len(d) for d in data], torch.tensor(labels), list(index)
+
+
 class FolderLoader:
     """Training batches from an ImageFolder split, with the protocol of data.TensorImageLoader:
     `len()` batches per epoch and `epoch(e, start_batch)` yielding normalised (images, labels) on
-    the device. Under DDP each rank takes every `world`-th image of the same global batch."""
+    the device. Under DDP each rank takes every `world`-th image of the same global batch.
+    `decode_on_device`: workers read bytes, the device decodes and augments (nvJPEG on a GPU)."""
 
     def __init__(self, files: ImageFiles, sizes: Sizes, normalize: Normalize, batch_size: int,
                  device: torch.device, seed: int = 0, lighting_std: float = 0.1, workers: int = 0,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, decode_on_device: bool = False):
         self.files, self.sizes, self.normalize = files, sizes, normalize
         self.batch_size, self.device, self.seed, self.lighting_std = batch_size, device, seed, lighting_std
-        self.workers, self.rank, self.world = workers, rank, world
+        self.workers, self.rank, self.world, self.decode_on_device = workers, rank, world, decode_on_device
 
     def __len__(self) -> int:
         return max(1, len(self.files) // self.batch_size)  # a split smaller than a batch gives one short batch
@@ -297,10 +247,24 @@ class FolderLoader:
                 for b in range(start_batch, len(self))]
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        crops = self._device_crops(epoch, start_batch) if self.decode_on_device else self._worker_crops(epoch, start_batch)
+        for x, y, alpha in crops:
+            yield self.normalize(x, lighting_shift(alpha)), y
+
+    def _worker_crops(self, epoch: int, start_batch: int):
         dataset = TrainSet(self.files, self.sizes, self.lighting_std, self.seed, epoch)
         for x, y, alpha in _loader(dataset, self.batches(epoch, start_batch), self.workers, self.device):
-            x, alpha = x.to(self.device, non_blocking=True), alpha.to(self.device, non_blocking=True)
-            yield self.normalize(x, lighting_shift(alpha)), y.to(self.device, non_blocking=True)
+            yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
+                   alpha.to(self.device, non_blocking=True))
+
+    def _device_crops(self, epoch: int, start_batch: int):
+        batches = _loader(FileBytes(self.files), self.batches(epoch, start_batch), self.workers, self.device,
+                          _byte_batch)
+        for flat, lengths, y, index in batches:
+            images = decode_on(self.device, list(flat.split(lengths)), [self.files.paths[i] for i in index])
+            views, alphas = zip(*(augment(img, image_rng(self.seed, epoch, i), self.sizes, self.lighting_std)
+                                  for img, i in zip(images, index)))
+            yield torch.stack(views), y.to(self.device, non_blocking=True), torch.stack(alphas).to(self.device)
 
 
 class TestLoader:
@@ -309,11 +273,13 @@ class TestLoader:
     resized shape, so batches group images by aspect ratio)."""
 
     def __init__(self, files: ImageFiles, sizes: Sizes, protocol: str, normalize: Normalize, batch_size: int,
-                 device: torch.device, workers: int = 0, rank: int = 0, world: int = 1):
+                 device: torch.device, workers: int = 0, rank: int = 0, world: int = 1,
+                 decode_on_device: bool = False):
         if protocol not in TEST_PROTOCOLS:
             raise UserError(f"unknown test protocol {protocol!r}: choose one of {', '.join(TEST_PROTOCOLS)}")
         self.files, self.sizes, self.protocol, self.normalize = files, sizes, protocol, normalize
         self.batch_size, self.device, self.workers, self.rank, self.world = batch_size, device, workers, rank, world
+        self.decode_on_device = decode_on_device
         self._batches: list[list[int]] | None = None
 
     def batches(self) -> list[list[int]]:
@@ -336,9 +302,15 @@ class TestLoader:
 
     def indexed(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
         """(views, labels, image indices) for this rank."""
-        mine = [b[self.rank :: self.world] for b in self.batches()]
-        dataset = TestSet(self.files, self.sizes, self.protocol)
-        for views, y, idx in _loader(dataset, [b for b in mine if b], self.workers, self.device):
+        mine = [b for b in (b[self.rank :: self.world] for b in self.batches()) if b]
+        if self.decode_on_device:
+            for flat, lengths, y, index in _loader(FileBytes(self.files), mine, self.workers, self.device, _byte_batch):
+                images = decode_on(self.device, list(flat.split(lengths)), [self.files.paths[i] for i in index])
+                per_image = [test_views(img, self.protocol, self.sizes) for img in images]
+                views = [torch.stack(v) for v in zip(*per_image)]
+                yield [self.normalize(v) for v in views], y.to(self.device), torch.tensor(index)
+            return
+        for views, y, idx in _loader(TestSet(self.files, self.sizes, self.protocol), mine, self.workers, self.device):
             yield [self.normalize(v.to(self.device, non_blocking=True)) for v in views], y.to(self.device), idx
 
     def __iter__(self):
@@ -423,14 +395,18 @@ def build_imagenet(cfg: DictConfig, engine, seed: int) -> Data:
     train_files, val_files = load_splits(d, data_root(d.root))
     workers = int(setting(d, "workers"))
     normalize = mean_normalize(d, train_files, sizes, workers, engine.device)
+    on_device = decodes_on_device(str(d.get("decode", "auto")), engine.device)
     train = FolderLoader(train_files, sizes, normalize, int(t.batch_size), engine.device, seed,
-                         float(d.lighting_std), workers, engine.rank, engine.world)
+                         float(d.lighting_std), workers, engine.rank, engine.world, on_device)
 
     def test_loader(protocol: str) -> TestLoader:
         return TestLoader(val_files, sizes, protocol, normalize, int(t.eval_batch_size), engine.device, workers,
-                          engine.rank, engine.world)
+                          engine.rank, engine.world, on_device)
 
     test = test_loader(d.eval_protocol)
     finals = {p: test if p == d.eval_protocol else test_loader(p) for p in d.get("final_protocols", [])}
     name = f"{d.name}_sample" if d.sample else d.name
-    return Data(train, test, len(train_files.classes), sizes.crop, name, "val", len(train_files), final_tests=finals)
+    pipeline = (f"nvJPEG decode + augmentation on the GPU, {workers} workers reading files" if on_device
+                else f"decode + geometry in {workers} CPU workers, mean and lighting on the device")
+    return Data(train, test, len(train_files.classes), sizes.crop, name, "val", len(train_files), final_tests=finals,
+                pipeline=pipeline)

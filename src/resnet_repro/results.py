@@ -77,8 +77,10 @@ class Summary:
     members: list[str] | None = None
     images: int | None = None
     packed_with: list[str] | None = None  # train.pack: the runs trained beside it in one packed net
+    input_pipeline: str = ""  # ImageNet: CPU-worker or GPU (nvJPEG) decoding, as data.decode chose
 
-    _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end", "packed_with")
+    _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end", "packed_with",
+                         "input_pipeline")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)

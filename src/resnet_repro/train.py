@@ -365,7 +365,7 @@ def start_summary(cfg: DictConfig, data: Data, engine: Engine, model: nn.Module,
         eval_protocol=cfg.data.get("eval_protocol", "single"), amp=engine.amp, amp_reason=engine.amp_reason,
         wall_s=state.wall_s, device=device_name(engine.device), world_size=engine.world, git_commit=git_commit(),
         torch=torch.__version__, started=state.started, overrides=list(cfg.experiment.get("overrides", [])),
-        variant=cfg.run.variant, warmup_end=state.warmup_end,
+        variant=cfg.run.variant, warmup_end=state.warmup_end, input_pipeline=data.pipeline,
     )
 
 
