@@ -9,7 +9,7 @@ call resumes it), which speeds up the rest. At the deadline every run still goin
 way. A run that fails on its own (not stopped) is started once more with `train.compile=false`, in case
 torch.compile is what broke on this GPU's software. Finished runs are ordinary run directories: `resnet-repro report` reads them like any other.
 
-    python scripts/reproduce_gpu.py --deadline 420 --n 3,5,7,9 --data-dir DIR [overrides ...]
+    python scripts/reproduce_gpu.py --deadline 420 --n 3,5,7,9 [--seeds 0,1,2] --data-dir DIR [overrides ...]
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--deadline", type=float, required=True, help="seconds from now when every run is stopped")
     p.add_argument("--n", default="3,5,7,9", help="comma-separated n (depth 6n+2)")
     p.add_argument("--arch", default="resnet")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds: one run per (n, seed)")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--log-dir", default="logs/gpu")
     p.add_argument("--check", type=float, default=15.0, help="seconds between projections")
@@ -88,8 +89,8 @@ def main() -> None:
         jobs[run_id] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), run, total)
         print(f"started {run_id}: {' '.join(command)}", flush=True)
 
-    for n in [int(x) for x in args.n.split(",")]:
-        run_overrides = [f"model.arch={args.arch}", f"model.n={n}", *overrides]
+    for n, seed in [(int(n), int(s)) for n in args.n.split(",") for s in args.seeds.split(",")]:
+        run_overrides = [f"model.arch={args.arch}", f"model.n={n}", f"seed={seed}", *overrides]
         run_overrides.append(f"data.root={args.data_dir}")
         [cfg] = expand_runs(compose_experiment("custom", run_overrides))
         commands[cfg.run.id] = [sys.executable, __file__, "--worker", *run_overrides]
