@@ -53,3 +53,28 @@ def test_readme_names_runs_left_out_for_a_damaged_file(runs, results):
     (run / "summary.json").write_text('{"run_id": "plain56-se')
     text = report.write_readme(runs, results).read_text()
     assert "Left out where a file cannot be read: budget/plain56-seed0 (summary.json)." in text
+
+
+def test_readme_says_how_far_the_paper_schedule_on_the_original_pixels_got(runs, results):
+    make_run(runs, "paper", "resnet20-A", seed=0, final_error=8.6)
+    make_run(runs, "paper", "resnet20-A", seed=1, final_error=8.9)
+    make_run(runs, "paper", "resnet20-A", seed=0, variant="fp32", status="running", device="cpu (Xeon, 1 threads)")
+    make_run(runs, "paper", "resnet32-A", final_error=7.7, dataset="cifar10_jpeg90")  # a lossy copy: not counted
+    for seed, (error, grouped) in enumerate([(15.0, 14.2), (15.5, 14.6), (15.3, None)]):
+        make_run(runs, "budget", "resnet20-A", seed=seed, final_error=error)
+        if grouped:
+            make_run(runs, "budget", "resnet20-A", seed=seed, final_error=grouped, variant="bn64")
+    results.mkdir(parents=True)
+    (results / "bench.csv").write_text("device,model,ours_images_per_s,ours_pipeline\n"
+                                       "NVIDIA H200,resnet20-A,34000,ours\ncpu (Xeon),resnet20-A,1300,ours\n")
+    text = report.write_readme(runs, results).read_text()
+    section = text.split("## The paper's schedule on the original pixels: how far")[1].split("\n## ")[0]
+    assert "| resnet20-A | Table 6; three seeds" in section and "| 3 | 2 | 8.60, 8.90 |  | 1 x about 4 min |" in section
+    assert "resnet20-A-seed0-fp32 32,000/64,000 it on CPU" in section
+    assert "| resnet32-A | Table 6 | 1 | 0 |  |  | 1 x about 7 min |" in section
+    assert "| resnet110-A | Table 6: best (mean±std) of 5 runs | 5 | 0 |  |  | 5 x about 24 min |" in section
+    assert "at ResNet-20's measured 34,000 images/s on an NVIDIA H200" in section  # the GPU row, not the CPU's
+    assert ("- BN over 64 (model.bn_group=64), profile `budget` (budget schedule (5k iterations, 7.8% of the paper's "
+            "64k), not the paper's schedule), cifar10: 14.40% (mean of 2) against 15.27% (mean of 3) without it: "
+            "0.87 points lower, beyond the seed noise") in section
+    assert "fp32 (train.amp=false), profile" not in section  # no finished fp32 run: nothing to compare

@@ -113,7 +113,7 @@ def _chance(setting: pd.DataFrame) -> float | None:
     return 100 * (1 - 1 / classes) if classes else None
 
 
-def _spread(nets: list[Net], assumed: float) -> tuple[float, str]:
+def seed_spread(nets: list[Net], assumed: float) -> tuple[float, str]:
     """Pooled seed std of the nets with several seeds, else `assumed`; and where it came from."""
     seeded = [x for x in nets if x.n > 1]
     if not seeded:
@@ -132,7 +132,7 @@ def _compare(better: Net, worse: Net, chance: float | None) -> tuple[str, str]:
     if chance and better.mean > NEAR_CHANCE * chance:
         return INCONCLUSIVE, (f"{pretty(better.model)} is near chance ({better.mean:.2f}% error, above "
                               f"{NEAR_CHANCE:g} x chance's {chance:.0f}%)")
-    sigma, source = _spread([better, worse], ERROR_SPREAD)
+    sigma, source = seed_spread([better, worse], ERROR_SPREAD)
     tolerance = sigma * math.sqrt(1 / better.n + 1 / worse.n)
     gap = worse.mean - better.mean
     verdict = HOLDS if gap > tolerance else FAILS if gap < -tolerance else INCONCLUSIVE

@@ -12,8 +12,9 @@ import pandas as pd
 
 from .claims import CLAIMS, ERROR_SPREAD, NEAR_CHANCE, NO_DATA, RESPONSE_SPREAD, Claim, judge_by_setting
 from .config import make_dir
+from .progress import progress_section
 from .results import load_runs
-from .tables import write_tables
+from .tables import read_bench, write_tables
 
 
 def write_report(runs_dir: Path, results_dir: Path) -> list[Path]:
@@ -40,7 +41,10 @@ def write_readme(runs_dir: Path, results_dir: Path) -> Path:
     lines += [f"- [{_figure_title(p.stem)}]({p.name})"
               + (f" ([pdf]({p.stem}.pdf))" if (results_dir / f"{p.stem}.pdf").exists() else "")
               for p in figures] or ["None yet."]
-    lines += ["", "## Runs behind them", "", *_runs_section(runs), "", "## The paper's claims, checked from our runs",
+    lines += ["", "## Runs behind them", "", *_runs_section(runs), "",
+              "## The paper's schedule on the original pixels: how far", "",
+              *progress_section(runs, read_bench(results_dir / "bench.csv")), "",
+              "## The paper's claims, checked from our runs",
               "", *_CLAIM_RULES, ""]
     for statement, check in CLAIMS:
         claims = judge_by_setting(runs, check)

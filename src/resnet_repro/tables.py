@@ -214,26 +214,42 @@ def read_bench(path: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["device", "model", "ours_images_per_s", "ours_pipeline"])
 
 
+def fastest_gpu_resnet20(bench: pd.DataFrame) -> pd.Series | None:
+    """bench.csv's fastest ResNet-20 row on a GPU (our pipeline), the basis of every cost estimate."""
+    if "ours_images_per_s" not in bench:
+        return None
+    gpu = bench[(bench.model == "resnet20-A") & ~bench.device.astype(str).str.startswith("cpu")
+                & bench.ours_images_per_s.notna()]
+    return None if gpu.empty else gpu.loc[gpu.ours_images_per_s.idxmax()]
+
+
+def paper_schedule_hours(model: str, fastest: pd.Series) -> float:
+    """Estimated hours of a CIFAR net's paper schedule on `fastest`'s GPU: ResNet-20's throughput there
+    scaled by the number of 3x3 layers (6n), which carry nearly all the multiply-adds, each the same per
+    image (`resnet-repro models cifar --n 3,200`)."""
+    n, base = ModelSpec.parse(model, "cifar").n, ModelSpec.parse("resnet20-A", "cifar").n
+    return paper.CIFAR_ITERATIONS * paper.CIFAR_BATCH / (fastest.ours_images_per_s * base / n) / 3600
+
+
 def add_cost_estimates(table: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
-    """Adds to each missing CIFAR net's note its estimated time for the paper's schedule on one GPU, from
-    ResNet-20's fastest GPU throughput in bench.csv scaled by the number of 3x3 layers (6n): each costs
-    the same multiply-adds per image and together they carry nearly all of them (`resnet-repro models
-    cifar --n 3,200`). Returns the notes that say how."""
-    gpu = bench[(bench.model == "resnet20-A") & ~bench.device.astype(str).str.startswith("cpu")]
+    """Adds to each missing CIFAR net's note its estimated time for the paper's schedule on one GPU
+    (`paper_schedule_hours`). Returns the notes that say how."""
+    fastest = fastest_gpu_resnet20(bench)
     missing = table.index[(table.n_runs == 0).fillna(False)]  # _missing_row
-    if gpu.empty or missing.empty:
+    if fastest is None or missing.empty:
         return []
-    fastest, base = gpu.loc[gpu.ours_images_per_s.idxmax()], ModelSpec.parse("resnet20-A", "cifar").n
-    images = paper.CIFAR_ITERATIONS * paper.CIFAR_BATCH
     for i in missing:
-        n = ModelSpec.parse(table.at[i, "model"], "cifar").n
-        hours = images / (fastest.ours_images_per_s * base / n) / 3600
+        hours = paper_schedule_hours(table.at[i, "model"], fastest)
         table.at[i, "note"] += f"; about {hours:.1f} h on one {fastest.device} at the paper's schedule (estimated)"
-    return [(f"Estimated GPU time of a missing net, not measured: the paper's schedule ({paper.CIFAR_ITERATIONS:,} "
-             f"iterations of {paper.CIFAR_BATCH}) at ResNet-20's measured {fastest.ours_images_per_s:,.0f} images/s "
-             f"on an {fastest.device} (results/bench.csv: {fastest.ours_pipeline}), divided by the ratio of the "
-             f"net's 3x3 layers to ResNet-20's (6n: 18). Those layers carry nearly all the multiply-adds, each the "
-             f"same per image (`resnet-repro models cifar`), and at CIFAR's widths each costs about the same time.")]
+    return [cost_basis(fastest)]
+
+
+def cost_basis(fastest: pd.Series) -> str:
+    return (f"Estimated GPU time of a missing net, not measured: the paper's schedule ({paper.CIFAR_ITERATIONS:,} "
+            f"iterations of {paper.CIFAR_BATCH}) at ResNet-20's measured {fastest.ours_images_per_s:,.0f} images/s "
+            f"on an {fastest.device} (results/bench.csv: {fastest.ours_pipeline}), divided by the ratio of the "
+            f"net's 3x3 layers to ResNet-20's (6n: 18). Those layers carry nearly all the multiply-adds, each the "
+            f"same per image (`resnet-repro models cifar`), and at CIFAR's widths each costs about the same time.")
 
 
 def table_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, notes: list[str] = ()) -> str:
