@@ -32,6 +32,7 @@ _NEUTRAL_KEYS = {
     "data.root", "data.download", "model.arch", "model.n", "model.depth", "model.shortcut", "model.stride_on",
     "train.threads", "train.compile", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.eval_batch_size", "train.channels_last", "train.responses", "data.workers", "train.pack",
+    "data.decode",  # the same batches either way (imagenet_transforms)
     "data.encoding",  # named in the run id instead
 }
 
@@ -116,6 +117,7 @@ _NAMED_VARIANTS = {
 }
 
 
+DECODES = ("auto", "cpu", "gpu")  # data.decode: where ImageNet JPEGs are decoded (imagenet.decodes_on_device)
 _KEEP_SCHEDULE = _NEUTRAL_KEYS | set(_NAMED_VARIANTS)  # overrides after which the recipe is still the paper's
 
 
@@ -176,6 +178,8 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
             if group is not None and (not isinstance(group, int) or group < 2 or int(run.train.batch_size) % group):
                 raise UserError(f"model.bn_group={group} must be a whole number >= 2 that divides train.batch_size="
                                 f"{run.train.batch_size} (e.g. 64 for the paper's two GPUs of 64)")
+            if run.data.get("decode", "auto") not in DECODES:
+                raise UserError(f"data.decode={run.data.decode}: choose one of {', '.join(DECODES)}")
             run.seed = seed
             run.data.sample = resolve_sample(cfg)
             # a run on the sample is kept apart from the same run on the full data, except in the

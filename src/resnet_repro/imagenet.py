@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg, read_file
 
-from .config import data_root
+from .config import DECODES, data_root
 from .errors import UserError
 from .imagenet_transforms import (Normalize, Sizes, augment, image_rng, lighting_shift, resized_dims,
                                   sizes_from_config, test_views)
@@ -36,7 +36,6 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 MEANS = ("pixel", "channel")
-DECODES = ("auto", "cpu", "gpu")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 # ---------------------------------------------------------------------------------------------
