@@ -28,7 +28,7 @@ from .bench import append_rows, timed
 from .config import compose_experiment, data_root, expand_runs
 from .engine import setup_engine
 from .errors import UserError
-from .hardware import device_name
+from .hardware import device_name, usable_cores
 from .imagenet import FolderLoader, ImageFiles, decodes_on_device, find_split, list_images
 from .imagenet_transforms import Normalize, sizes_from_config
 from .results import atomic_write_bytes, atomic_write_text, git_commit
@@ -75,7 +75,7 @@ def generate_jpegs(folder: Path, count: int, seed: int = 0, log: Callable[[str],
 
 def run_imagenet_bench(
     data_dir: Path | None = None,
-    images: int = 3000,
+    images: int = 2000,
     batch_size: int | None = None,
     steps: int | None = None,
     workers: int | None = None,
@@ -94,8 +94,7 @@ def run_imagenet_bench(
     dev, on_gpu = engine.device, engine.device.type == "cuda"
     batch_size = batch_size or (256 if on_gpu else 16)
     steps = steps or (50 if on_gpu else 3)
-    workers = workers if workers is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
+    workers = workers if workers is not None else usable_cores()
 
     real = data_root(data_dir)
     if real is not None:
@@ -117,7 +116,7 @@ def run_imagenet_bench(
     rows = []
 
     def row(pipeline: str, images_per_s: float, model: str = "", batch: int = 0, steps_done: int = 0,
-            workers_used: int | None = None) -> dict:
+            workers_used: int | None = None) -> None:
         per_worker = round(images_per_s / workers_used, 1) if workers_used else None
         r = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": where,
              "torch": torch.__version__, "model": model, "batch": batch, "data": what, "steps": steps_done,
@@ -127,7 +126,6 @@ def run_imagenet_bench(
         rows.append(r)
         extra = f" ({per_worker:.1f} per worker)" if per_worker else ""
         log(f"{pipeline:<58} {images_per_s:8.1f} images/s{extra}")
-        return r
 
     pipelines = [("CPU workers decode + scale/crop/flip (data.decode=cpu)", False)]
     if decodes_on_device("auto", dev):

@@ -53,6 +53,11 @@ def device_name(device: torch.device) -> str:
             f"{cpu_features()['capability']}{capped}, {'native bf16' if native else 'no native bf16'})")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_threads(setting) -> int:
     """`train.threads`: a number, or auto = the cores this process may use that are not already busy
     (1-minute load average), at least one. OpenMP threads wait on each other: on 2 cores with another
@@ -60,7 +65,7 @@ def cpu_threads(setting) -> int:
     faster than 1."""
     if setting != "auto":
         return int(setting)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     try:
         busy = round(os.getloadavg()[0])
     except OSError:  # not on this platform

@@ -25,6 +25,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 
 from .config import DECODES, data_root
 from .errors import UserError
+from .hardware import usable_cores
 from .imagenet_transforms import (Normalize, Sizes, augment, image_rng, lighting_shift, resized_dims,
                                   sizes_from_config, test_views)
 from .loader import Data, epoch_generator
@@ -168,7 +169,7 @@ def _one_thread(_worker_id: int) -> None:
 
 def _loader(dataset: Dataset, batches: list[list[int]], workers: int, device: torch.device,
             collate_fn=None) -> DataLoader:
-    workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = min(workers, usable_cores())
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
                       worker_init_fn=_one_thread if workers else None, prefetch_factor=4 if workers else None,
                       collate_fn=collate_fn)
