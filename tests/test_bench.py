@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from resnet_repro.bench import run_bench
+from resnet_repro.engine import cpu_compiler
 
 
 def test_bench_times_both_pipelines_and_appends_a_row(tmp_path):
@@ -19,16 +20,22 @@ def test_bench_times_both_pipelines_and_appends_a_row(tmp_path):
     assert row["model"] == "resnet8-A" and row["batch"] == "16" and float(row["ours_images_per_s"]) > 0
     assert row["torch"] == torch.__version__ and row["git_commit"] and row["precision"].startswith(("bf16", "fp32"))
     assert any(line.startswith("precision (ours): ") for line in lines)
+    # a bench stands for a paper-schedule run, which compiles on a CPU with a C++ compiler
+    compiles = cpu_compiler() is not None
+    assert f"compile (ours): {'default (auto: default on CPU with' if compiles else 'eager'}" in "\n".join(lines)
+    assert ("torch.compile (default)" in row["ours_pipeline"]) is compiles
 
 
 def test_bench_pack_times_one_run_alone_against_k_packed(tmp_path):
     from resnet_repro.bench import run_pack_bench
 
     lines = []
-    result = run_pack_bench(2, n=1, batch_size=16, steps=2, warmup=1, results_dir=tmp_path, log=lines.append)
+    result = run_pack_bench(2, n=1, batch_size=16, steps=2, warmup=1, results_dir=tmp_path, log=lines.append,
+                            overrides=["train.compile=false"])
     assert lines[-1] == f"pack speedup: {result.speedup:.2f}x" and result.member_images_per_s > 0
     assert any(line.startswith("packed") and "2 runs of 64k iterations packed" in line for line in lines)
-    run_bench(n=1, batch_size=16, steps=1, warmup=0, workers=0, results_dir=tmp_path)  # the other kind of row
+    run_bench(n=1, batch_size=16, steps=1, warmup=0, workers=0, results_dir=tmp_path,  # the other kind of row
+              overrides=["train.compile=false"])
     with open(tmp_path / "bench.csv") as f:
         packed, plain = list(csv.DictReader(f))
     assert packed["pack"] == "2" and float(packed["member_images_per_s"]) > 0 and plain["pack"] == ""
@@ -42,9 +49,10 @@ def test_bench_imagenet_times_each_pipeline_and_resnet50_on_generated_jpegs(tmp_
     from resnet_repro.cli import app
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    run_bench(n=1, batch_size=16, steps=1, warmup=0, workers=0, results_dir=tmp_path)  # an older kind of row
+    run_bench(n=1, batch_size=16, steps=1, warmup=0, workers=0, results_dir=tmp_path,  # an older kind of row
+              overrides=["train.compile=false"])
     args = ["bench", "imagenet", "--images", "8", "--batch-size", "2", "--steps", "1", "--workers", "1",
-            "--results-dir", str(tmp_path), "train.amp=false"]
+            "--results-dir", str(tmp_path), "train.amp=false", "train.compile=false"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     jpegs = sorted((tmp_path / "cache" / "resnet_repro" / "bench_imagenet" / "train").rglob("*.JPEG"))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from training import TINY
 
+from resnet_repro import engine as engine_module
 from resnet_repro import hardware, runner
 from resnet_repro.config import compose_experiment
 from resnet_repro.engine import StopFlag, choose_amp, compile_mode, setup_engine
@@ -40,12 +41,24 @@ def test_a_schedulers_handler_gets_the_signal_after_the_checkpoint():
 
 def test_compile_setting_is_a_mode_or_off():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert compile_mode("auto", cpu) is None and compile_mode("auto", cuda) == "default"
-    assert compile_mode("auto", cuda, graphs=True) == "reduce-overhead" and compile_mode("auto", cpu, True) is None
-    assert compile_mode(True, cpu) == "default" and compile_mode(False, cuda) is None
-    assert compile_mode("reduce-overhead", cuda) == "reduce-overhead"
+    assert compile_mode("auto", cuda)[0] == "default"
+    assert compile_mode("auto", cuda, graphs=True)[0] == "reduce-overhead"
+    assert compile_mode(True, cpu) == ("default", "train.compile=true") and compile_mode(False, cuda)[0] is None
+    assert compile_mode("reduce-overhead", cuda)[0] == "reduce-overhead"
     with pytest.raises(UserError, match="train.compile='fast'"):
         compile_mode("fast", cuda)
+
+
+def test_auto_compiles_long_cpu_runs_where_a_cpp_compiler_exists(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.delenv("CXX", raising=False)
+    assert compile_mode("auto", cpu, iterations=64_000) == ("default", "auto: default on CPU with g++")
+    mode, why = compile_mode("auto", cpu, iterations=120)
+    assert mode is None and "120 iterations < 2,000" in why
+    monkeypatch.setattr(engine_module.shutil, "which", lambda name: None)
+    mode, why = compile_mode("auto", cpu, iterations=64_000)
+    assert mode is None and "no C++ compiler" in why
 
 
 # --- precision: bf16 only where the hardware runs it natively ------------------------------------
@@ -68,17 +81,42 @@ def test_auto_precision_follows_the_cpu(monkeypatch, tmp_path, cpu, bf16):
     cfg = compose_experiment("custom", ["profile=smoke", *TINY, f"runs_dir={tmp_path}"])
     [summary] = runner.run_experiment(cfg)  # the run's summary says which precision it used and why
     assert summary.amp is bf16 and summary.amp_reason == reason
+    assert summary.compile == "eager (auto: eager, 6 iterations < 2,000 do not repay compiling)"
     assert ("no native bf16" in summary.device) is not bf16
 
 
-def test_auto_threads_leave_the_busy_cores_alone(monkeypatch):
+def fake_proc_stat(tmp_path, monkeypatch, busy_share):
+    """/proc/stat as it reads before and after the sample, with `busy_share` of 2 cores' time busy."""
+    snapshots = iter([(1000, 0), (1000 + 40 * busy_share, 40 * (1 - busy_share))])
+
+    def cpu_times():
+        busy, idle = next(snapshots)
+        path = tmp_path / "stat"  # the real parser reads it: user nice system idle iowait irq softirq steal ...
+        path.write_text(f"cpu  {busy:.0f} 0 0 {idle + 5000:.0f} 0 0 0 0 0 0\ncpu0 1 2 3\n")
+        return real_cpu_times(path)
+
+    real_cpu_times = hardware.cpu_times
+    monkeypatch.setattr(hardware, "cpu_times", cpu_times)
+    monkeypatch.setattr(hardware.time, "sleep", lambda s: None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # another process keeps one core busy
+
+
+@pytest.mark.parametrize("busy_share, threads", [(0.5, 1), (0.05, 2), (1.0, 1)])
+def test_auto_threads_leave_the_busy_cores_alone(tmp_path, monkeypatch, busy_share, threads):
+    fake_proc_stat(tmp_path, monkeypatch, busy_share)  # another process keeps one core busy, or none
     before = torch.get_num_threads()
     try:
         setup_engine(compose_experiment("custom", ["device=cpu", "train.threads=auto"]))
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == threads
         setup_engine(compose_experiment("custom", ["device=cpu", "train.threads=2"]))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_without_proc_stat_the_load_average_counts_the_busy_cores(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_times", lambda: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    assert hardware.cpu_threads("auto") == 1 and hardware.cpu_threads(3) == 3

@@ -24,11 +24,12 @@ RESUME = ["train.iterations=40", "train.milestones=[24,32]", "train.log_every=4"
           "train.warmup.window=10", "train.warmup.min_iterations=0"]
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
-    cfg, engine, data, whole = setup(tmp_path / "a", *RESUME)
+@pytest.mark.parametrize("compiled", ["false", "true"])  # long CPU runs compile (train.compile: auto)
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, compiled):
+    cfg, engine, data, whole = setup(tmp_path / "a", *RESUME, f"train.compile={compiled}")
     fit(cfg, whole, data, engine)
 
-    _, _, _, parts = setup(tmp_path / "b", *RESUME)
+    _, _, _, parts = setup(tmp_path / "b", *RESUME, f"train.compile={compiled}")
     stop = StopFlag()
     # 1) a stop request after step 7: mid log-window, mid warm-up poll, mid epoch
     stopper = with_train(data, lambda it: stop.set() if it == 6 else None)

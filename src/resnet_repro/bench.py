@@ -227,6 +227,7 @@ def _setup(arch, n, batch_size, data_dir, device, overrides, log) -> _Bench:
     model_name = expand_runs(cfg)[0].run.model_name
     log(f"bench: {model_name}, batch {batch_size}, {what}, {device_name(engine.device)}, torch {torch.__version__}")
     log(f"precision (ours): {engine.precision}")
+    log(f"compile (ours): {engine.compilation}")
     loader = TensorImageLoader(images, labels, images.float().div(255).mean(0), batch_size, True, engine.device,
                                int(cfg.seed), int(cfg.data.pad))
     return _Bench(cfg, engine, images, labels, loader, what, model_name)

@@ -154,7 +154,8 @@ def run_imagenet_bench(
 
     step()  # untimed: warm-up (and compilation)
     n, seconds = timed(step, steps, dev)
-    label = f"{model_name} training step alone, batch {batch_size}" + ("" if on_gpu else " (CPU: a few steps)")
+    label = (f"{model_name} training step alone, batch {batch_size}, "
+             f"{f'torch.compile ({engine.compile})' if engine.compile else 'eager'}" + ("" if on_gpu else " (CPU: a few steps)"))
     row(label, n / seconds, model_name, batch_size, steps)
 
     path = append_rows(Path(results_dir) / "bench.csv", rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -58,16 +59,32 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int]:
+    """(busy, total) CPU time over all cores since boot, in clock ticks (Linux)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, stat.read_text().split()[1:9])
+    total = user + nice + system + idle + iowait + irq + softirq + steal
+    return total - idle - iowait, total
+
+
+def busy_cores(sample_s: float = 0.2) -> int:
+    """How many cores other processes keep busy now: /proc/stat over `sample_s` seconds on Linux. The
+    1-minute load average, used elsewhere, still counts a job that ended a minute ago."""
+    try:
+        busy0, total0 = cpu_times()
+        time.sleep(sample_s)
+        busy1, total1 = cpu_times()
+        return round((busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1))
+    except (OSError, ValueError):
+        try:
+            return round(os.getloadavg()[0])
+        except OSError:  # not on this platform
+            return 0
+
+
 def cpu_threads(setting) -> int:
-    """`train.threads`: a number, or auto = the cores this process may use that are not already busy
-    (1-minute load average), at least one. OpenMP threads wait on each other: on 2 cores with another
-    job running, 2 threads trained ResNet-20 4-8x slower than 1, while on an idle machine 2 are 1.4x
-    faster than 1."""
+    """`train.threads`: a number, or auto = the cores this process may use that other processes are not
+    keeping busy, at least one. OpenMP threads wait on each other: on 2 cores with another job running,
+    2 threads trained ResNet-20 4-8x slower than 1, while on an idle machine 2 are 1.7x faster than 1."""
     if setting != "auto":
         return int(setting)
-    cores = usable_cores()
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:  # not on this platform
-        busy = 0
-    return max(1, cores - busy)
+    return max(1, usable_cores() - busy_cores())

@@ -57,6 +57,7 @@ class Summary:
     eval_protocol: str = "single"
     amp: bool | None = None
     amp_reason: str = ""
+    compile: str = ""  # the torch.compile mode or eager, and why (train.compile: auto decides)
     wall_s: float = 0.0
     device: str = ""
     world_size: int = 1

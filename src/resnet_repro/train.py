@@ -8,6 +8,7 @@ is `TrainState`. Nothing here prints: progress goes to the `on_row` callback the
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -114,6 +115,9 @@ def stepping_model(model: nn.Module, engine: Engine) -> nn.Module:
     if engine.world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[engine.device.index]
                                                     if engine.device.type == "cuda" else None)
+    if engine.compile and engine.device.type == "cpu":
+        # inductor's C++ build warns "No CUDA runtime is found" on every CPU-only machine; nothing is wrong
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(model, mode=engine.compile) if engine.compile else model
 
 
@@ -363,7 +367,7 @@ def start_summary(cfg: DictConfig, data: Data, engine: Engine, model: nn.Module,
         params=count_parameters(model), seed=int(cfg.seed), iterations=int(cfg.train.iterations),
         iterations_done=state.iteration, batch_size=int(cfg.train.batch_size),
         eval_protocol=cfg.data.get("eval_protocol", "single"), amp=engine.amp, amp_reason=engine.amp_reason,
-        wall_s=state.wall_s, device=device_name(engine.device), world_size=engine.world, git_commit=git_commit(),
+        compile=engine.compilation, wall_s=state.wall_s, device=device_name(engine.device), world_size=engine.world, git_commit=git_commit(),
         torch=torch.__version__, started=state.started, overrides=list(cfg.experiment.get("overrides", [])),
         variant=cfg.run.variant, warmup_end=state.warmup_end, input_pipeline=data.pipeline,
     )
