@@ -144,8 +144,9 @@ def test_damaged_run_files_are_named_and_left_out_visibly(tmp_path):
     assert any("plain56-seed0/metrics.csv is cut short" in w for w in warnings)
     table6 = (results / "table6.md").read_text()
     assert "Left out, unreadable: budget/resnet110-A-seed1 (summary.json)." in table6
-    seed0 = json.loads((COMMITTED / "budget" / "resnet110-A-seed0" / "summary.json").read_text())
-    assert f"| resnet110-A | 1.73M | 1 | {seed0['final_test_error']:.2f} |" in table6  # the other seed alone
+    others = [json.loads(p.read_text())["final_test_error"] for p in (COMMITTED / "budget").glob("resnet110-A-seed*/summary.json")
+              if p.parent.name != "resnet110-A-seed1"]
+    assert others and f"| resnet110-A | 1.73M | {len(others)} | {min(others):.2f}" in table6  # the other seeds alone
 
     plot = invoke("plot", "fig1", "--results-dir", results)
     assert plot.exit_code == 0, plot.output
