@@ -71,9 +71,10 @@ def choose_amp(value, device: torch.device) -> tuple[bool, str]:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-# Compiling ResNet-20 for the CPU takes 45 s (ResNet-110: 100 s) once per machine (inductor caches it),
-# then trains 1.3x faster in bf16 on AMX/AVX512-BF16 cores and 1.08x in fp32 on AVX2 (one thread,
-# measured). It pays back after about 1,000 iterations; below this a run stays eager.
+# Compiling ResNet-20 for the CPU takes 30-50 s (ResNet-110: about 100 s) once per machine (inductor
+# caches it), then trains 1.29x faster in bf16 on AMX/AVX512-BF16 cores (2 threads; 1.32x at one) and
+# 1.21x in fp32 capped to AVX2 (1.13x at one), measured on an idle 2-core Xeon. It pays back after
+# about 1,000 iterations; below this a run stays eager.
 CPU_COMPILE_MIN_ITERATIONS = 2000
 CPU_COMPILERS = ("g++", "clang++", "c++")  # inductor writes C++ kernels for the CPU
 
@@ -155,8 +156,8 @@ def setup_engine(cfg: DictConfig) -> Engine:
     # CPU defaults, measured for ResNet-20 at batch 128, one thread: on AMX/AVX512-BF16 cores bf16 is
     # 1.7x fp32 (738 vs 439 images/s) at the same test error (27.1% vs 27.7% after 1.5k iterations);
     # on AVX2 it is 10x slower, hence `choose_amp`. channels_last adds 10-20% to both. torch.compile: see
-    # `compile_mode`. All cores are fastest on an idle
-    # machine, but 4-8x slower than one thread while another process keeps a core busy: `cpu_threads`.
+    # `compile_mode`. All cores are fastest on an idle machine, but 4-8x slower than one thread while
+    # another process keeps a core busy: `cpu_threads`.
     amp, amp_reason = choose_amp(t.amp, device)
     mode, compile_reason = compile_mode(t.compile, device, graphs=cfg.data.family == "cifar" and world == 1,
                                         iterations=int(t.iterations))

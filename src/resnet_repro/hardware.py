@@ -67,8 +67,8 @@ def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int]:
 
 
 def busy_cores(sample_s: float = 0.2) -> int:
-    """How many cores other processes keep busy now: /proc/stat over `sample_s` seconds on Linux. The
-    1-minute load average, used elsewhere, still counts a job that ended a minute ago."""
+    """How many cores other processes keep busy now: /proc/stat over `sample_s` seconds on Linux, else the
+    1-minute load average, which still counts a job that ended a minute ago."""
     try:
         busy0, total0 = cpu_times()
         time.sleep(sample_s)
