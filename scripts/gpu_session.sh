@@ -73,7 +73,7 @@ case $stage in
     python3 scripts/reproduce_gpu.py --deadline "$deadline" "${common[@]}" --seeds 0,1,2 runs_dir="$RUNS" \
       > "$OUT/seeds.log" 2>&1 &
     python3 scripts/reproduce_gpu.py --deadline "$deadline" "${common[@]}" --seeds 1 runs_dir="$RUNS" \
-      train.amp=false > "$OUT/fp32.log" 2>&1 &
+      engine.precision=fp32 > "$OUT/fp32.log" 2>&1 &
     python3 scripts/reproduce_gpu.py --deadline "$deadline" "${common[@]}" --seeds 0 runs_dir="$RUNS" \
       model.bn_group=64 > "$OUT/bn64.log" 2>&1 &
     wait

@@ -1,40 +1,153 @@
 #!/usr/bin/env bash
-# The reproduction committed in results/, as run on a 2-core CPU (issue 7): two queues side by side,
-# one thread each (on a shared 2-core box two threads per run are several times slower). Every command
-# resumes its unfinished runs and skips finished ones, so re-running this script continues where it
-# stopped; runs claimed by the other queue are skipped (locked), not trained twice.
+# The reproductions trained on a CPU, in two parts.
+#
+# `paper`: the paper-schedule CIFAR-10 runs of Table 6 and Fig. 6 on the original pixels, trained on
+# whatever CPU cores are idle (issue 27). Every run is `resnet-repro run custom profile=paper ...`, so it resumes from
+# its checkpoint (every 1,000 iterations) wherever it stopped, and two workers share the queue through
+# the runs' locks. The code is a frozen clone, so editing this checkout never changes a run mid-way.
+#
+#   bash scripts/reproduce_cpu.sh paper start     # freeze the code (once), build the data (once), start workers
+#   bash scripts/reproduce_cpu.sh paper status    # done, running, left, with times
+#   bash scripts/reproduce_cpu.sh paper stop      # workers checkpoint and exit (SIGTERM); `start` resumes
+#   bash scripts/reproduce_cpu.sh paper collect   # finished runs, with their weights, into experiments/paper/
+#
+# CAMPAIGN (default ~/campaign) holds code/, data/, runs/, results/ and logs/. WORKERS (default: every core)
+# is how many runs train at once, one thread each, at nice 19: the campaign uses idle time and yields.
+#
+# `budget` (the default): the shortened CIFAR-10 schedule and the ImageNet proxy committed in results/
+# (issue 7), two queues side by side, one thread each. Re-running continues where it stopped.
 #
 #   CIFAR=DIR (holds cifar-10-batches-py/)  PROXY=DIR (holds imagenette_64px/)  bash scripts/reproduce_cpu.sh
-set -u
-cd "$(dirname "$0")/.."
-: "${CIFAR:?set CIFAR to the folder holding cifar-10-batches-py/}"
-: "${PROXY:?set PROXY to the folder holding imagenette_64px/}"
-rr() { .venv/bin/resnet-repro "$@"; }
-mkdir -p logs
+set -euo pipefail
+repo="${REPO:-$(cd "$(dirname "$0")/.." && pwd)}"
+campaign="${CAMPAIGN:-$HOME/campaign}"
+lossless="${LOSSLESS:-$repo/../shared/data/cifar10/cifar10_lossless.npz}"
+python="${PYTHON:-$repo/.venv/bin/python}"
 
-# Cheapest and most-needed runs first (ResNet-20 seeds, then Fig. 6 depths 32-56), the 110-layer nets last.
-cifar_queue() {
-  rr run fig1 profile=budget train.threads=1 --data-dir "$CIFAR"
-  rr run custom profile=budget model.n=3 seeds=3 train.threads=1 --data-dir "$CIFAR"
-  rr sweep cifar --n 5,7 --arch resnet profile=budget train.threads=1 --data-dir "$CIFAR"
-  rr sweep cifar --n 7 --arch plain profile=budget train.threads=1 --data-dir "$CIFAR"
-  rr run table6 profile=budget train.threads=1 --data-dir "$CIFAR"
-  rr run fig6 profile=budget train.threads=1 --data-dir "$CIFAR"
+# The order of issue 27: precision control and depths first, the noise and BN-64 controls, ResNet-110 last.
+# Each line is the overrides of one run (run ids as `resnet-repro` derives them).
+QUEUE=(
+  "model.n=3 seed=0"
+  "model.n=5 seed=0"
+  "model.arch=plain model.n=3 seed=0"
+  "model.n=7 seed=0"
+  "model.arch=plain model.n=5 seed=0"
+  "model.n=9 seed=0"
+  "model.arch=plain model.n=7 seed=0"
+  "model.arch=plain model.n=9 seed=0"
+  "model.n=3 seed=1"
+  "model.n=3 seed=2"
+  "model.n=3 model.bn_group=64 seed=0"
+  "model.n=18 seed=0"
+  "model.n=18 seed=1"
+  "model.n=18 seed=2"
+  "model.n=18 seed=3"
+  "model.n=18 seed=4"
+)
+
+frozen() { PYTHONPATH="$campaign/code/src" nice -n 19 "$python" "$@"; }
+
+freeze() {  # a clone of this checkout's HEAD; kept until removed, so checkpoints always meet the code that wrote them
+  if [ ! -d "$campaign/code/.git" ]; then
+    git clone -q "$repo" "$campaign/code"
+    echo "froze the code at $(git -C "$campaign/code" rev-parse --short=12 HEAD)"
+  fi
 }
 
-second_queue() {
-  rr run table2 profile=proxy --data-dir "$PROXY"
-  rr run fig4 profile=proxy --data-dir "$PROXY"
-  sleep 30  # let the first queue claim ResNet-20 seed 1; this one then takes seed 2
-  rr run custom profile=budget model.n=3 seeds=3 train.threads=1 --data-dir "$CIFAR"
-  rr sweep cifar --n 5 --arch plain profile=budget train.threads=1 --data-dir "$CIFAR"
-  rr sweep cifar --n 9 --arch resnet profile=budget train.threads=1 --data-dir "$CIFAR"
-  rr run fig7 profile=budget train.threads=1 --data-dir "$CIFAR"
-  rr sweep cifar --n 18 --arch resnet profile=budget seed=1 train.threads=1 --data-dir "$CIFAR"
-  rr run fig6 profile=budget train.threads=1 --data-dir "$CIFAR"
+build_data() {  # CIFAR-10 from the pixel-exact copy, checked against the sha256 of the batch files every start
+  local out="$campaign/data"
+  if [ ! -d "$out/cifar-10-batches-py" ]; then
+    [ -f "$lossless" ] || { echo "error: $lossless not found; set LOSSLESS to cifar10_lossless.npz" >&2; exit 2; }
+    "$python" "$(dirname "$lossless")/make_cifar10.py" "$out" --npz "$lossless" >/dev/null
+  fi
+  (cd "$out" && sha256sum --quiet -c "$repo/scripts/cifar10_lossless.sha256") ||
+    { echo "error: $out/cifar-10-batches-py is not the pixel-exact CIFAR-10; remove it and start again" >&2; exit 2; }
 }
 
-cifar_queue > logs/cifar_queue.log 2>&1 &
-second_queue > logs/second_queue.log 2>&1 &
-wait
-rr plot all && rr report
+worker() {  # one run after another in queue order; finished runs are skipped, runs another worker holds are busy
+  local runs threads=engine.threads=1
+  [ -d "$campaign/code/conf/engine" ] || threads=train.threads=1  # code frozen before the engine group existed
+  for runs in "${QUEUE[@]}"; do
+    # shellcheck disable=SC2086
+    frozen -m resnet_repro run custom profile=paper $runs $threads \
+      --data-dir "$campaign/data" --results-dir "$campaign/results" --runs-dir "$campaign/runs" || {
+        rc=$?
+        [ "$rc" -eq 130 ] && exit 130  # stopped: checkpoint saved, `start` resumes
+        echo "run '$runs' ended with status $rc; going on with the next" >&2
+      }
+  done
+}
+
+start() {
+  freeze
+  build_data
+  mkdir -p "$campaign/logs"
+  # workers run a copy of this script: bash reads a script as it goes, so an edit here would reach them
+  cp "$0" "$campaign/worker.sh"
+  local running
+  running=$(pgrep -fc "worker.sh paper worker" || true)
+  local want="${WORKERS:-$(nproc)}"
+  for ((i = running; i < want; i++)); do
+    REPO="$repo" nohup setsid nice -n 19 bash "$campaign/worker.sh" paper worker >> "$campaign/logs/worker$i.log" 2>&1 < /dev/null &
+    echo "worker $i started (log $campaign/logs/worker$i.log)"
+    sleep 20  # let it take its run's lock before the next one looks
+  done
+}
+
+stop() {  # the workers first, so none goes on to its next run; then the runs, which checkpoint and exit
+  pkill -TERM -f "worker.sh paper worker" || true
+  pkill -TERM -f "resnet_repro run custom profile=paper" || true
+}
+
+status() {
+  PYTHONPATH="$repo/src" "$python" "$repo/scripts/campaign_status.py" "$campaign/runs/paper" "${QUEUE[@]}"
+}
+
+collect() {  # finished runs into this checkout's experiments/paper/, weights extracted from the checkpoint
+  PYTHONPATH="$repo/src" "$python" -m resnet_repro.weights collect "$campaign/runs/paper" "$repo/experiments/paper"
+}
+
+budget() {
+  cd "$repo"
+  : "${CIFAR:?set CIFAR to the folder holding cifar-10-batches-py/}"
+  : "${PROXY:?set PROXY to the folder holding imagenette_64px/}"
+  rr() { .venv/bin/resnet-repro "$@"; }
+  mkdir -p logs
+
+  # Cheapest and most-needed runs first (ResNet-20 seeds, then Fig. 6 depths 32-56), the 110-layer nets last.
+  cifar_queue() {
+    rr run fig1 profile=budget engine.threads=1 --data-dir "$CIFAR"
+    rr run custom profile=budget model.n=3 seeds=3 engine.threads=1 --data-dir "$CIFAR"
+    rr sweep cifar --n 5,7 --arch resnet profile=budget engine.threads=1 --data-dir "$CIFAR"
+    rr sweep cifar --n 7 --arch plain profile=budget engine.threads=1 --data-dir "$CIFAR"
+    rr run table6 profile=budget engine.threads=1 --data-dir "$CIFAR"
+    rr run fig6 profile=budget engine.threads=1 --data-dir "$CIFAR"
+  }
+
+  second_queue() {
+    rr run table2 profile=proxy --data-dir "$PROXY"
+    rr run fig4 profile=proxy --data-dir "$PROXY"
+    sleep 30  # let the first queue claim ResNet-20 seed 1; this one then takes seed 2
+    rr run custom profile=budget model.n=3 seeds=3 engine.threads=1 --data-dir "$CIFAR"
+    rr sweep cifar --n 5 --arch plain profile=budget engine.threads=1 --data-dir "$CIFAR"
+    rr sweep cifar --n 9 --arch resnet profile=budget engine.threads=1 --data-dir "$CIFAR"
+    rr run fig7 profile=budget engine.threads=1 --data-dir "$CIFAR"
+    rr sweep cifar --n 18 --arch resnet profile=budget seed=1 engine.threads=1 --data-dir "$CIFAR"
+    rr run fig6 profile=budget engine.threads=1 --data-dir "$CIFAR"
+  }
+
+  cifar_queue > logs/cifar_queue.log 2>&1 &
+  second_queue > logs/second_queue.log 2>&1 &
+  wait
+  rr plot all && rr report
+}
+
+case "${1:-budget} ${2:-}" in
+  "budget "*) budget ;;
+  "paper start") start ;;
+  "paper stop") stop ;;
+  "paper status") status ;;
+  "paper collect") collect ;;
+  "paper worker") worker ;;
+  *) echo "usage: $0 [budget] | paper start|status|stop|collect" >&2; exit 2 ;;
+esac

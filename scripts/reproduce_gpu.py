@@ -6,7 +6,7 @@ GPU mostly idle between kernel launches, so running several overlaps their launc
 `--check` seconds each run's finish is projected from its metrics; while some run cannot make the
 deadline at its current speed, the slowest such one is stopped (SIGTERM: it checkpoints and a later
 call resumes it), which speeds up the rest. At the deadline every run still going is stopped the same
-way. A run that fails on its own (not stopped) is started once more with `train.compile=false`, in case
+way. A run that fails on its own (not stopped) is started once more with `engine.compile=false`, in case
 torch.compile is what broke on this GPU's software. Finished runs are ordinary run directories: `resnet-repro report` reads them like any other.
 
     python scripts/reproduce_gpu.py --deadline 420 --n 3,5,7,9 [--seeds 0,1,2] --data-dir DIR [overrides ...]
@@ -31,7 +31,7 @@ def worker(overrides: list[str]) -> None:
     from resnet_repro.runner import run_experiment  # torch: only in the processes that train
 
     try:
-        run_experiment(compose_experiment("custom", overrides), on_row=lambda row: print(row, flush=True))
+        run_experiment(compose_experiment("custom", overrides), on_row=lambda _, row: print(row, flush=True))
     except UserError as e:
         print(f"error: {e}", flush=True)
         sys.exit(130 if isinstance(e, Interrupted) else 2)
@@ -91,7 +91,7 @@ def main() -> None:
 
     for n, seed in [(int(n), int(s)) for n in args.n.split(",") for s in args.seeds.split(",")]:
         run_overrides = [f"model.arch={args.arch}", f"model.n={n}", f"seed={seed}", *overrides]
-        run_overrides.append(f"data.root={args.data_dir}")
+        run_overrides.append(f"data_dir={args.data_dir}")
         [cfg] = expand_runs(compose_experiment("custom", run_overrides))
         commands[cfg.run.id] = [sys.executable, __file__, "--worker", *run_overrides]
         launch(cfg.run.id, RunDir.for_run(runs_root(cfg), cfg), int(cfg.train.iterations), commands[cfg.run.id])
@@ -107,7 +107,7 @@ def main() -> None:
                 print(f"{elapsed:6.0f}s {run_id} failed (exit {proc.returncode}); again without torch.compile",
                       flush=True)
                 retried.add(run_id)
-                launch(run_id, run, total, [*commands[run_id], "train.compile=false"])
+                launch(run_id, run, total, [*commands[run_id], "engine.compile=false"])
             if jobs[run_id][0].poll() is not None or run_id in stopped:  # stopped: saving its checkpoint
                 continue
             done, rate = progress(run)

@@ -20,6 +20,18 @@ def write_fake_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 20, 
     return folder
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip, saying why, where no CUDA GPU is visible."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none is visible)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def fake_cifar(tmp_path) -> Path:
     """Parent folder holding a generated cifar-10-batches-py/ (100 train, 20 test images)."""

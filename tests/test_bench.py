@@ -31,11 +31,11 @@ def test_bench_pack_times_one_run_alone_against_k_packed(tmp_path):
 
     lines = []
     result = run_pack_bench(2, n=1, batch_size=16, steps=2, warmup=1, results_dir=tmp_path, log=lines.append,
-                            overrides=["train.compile=false"])
+                            overrides=["engine.compile=false"])
     assert lines[-1] == f"pack speedup: {result.speedup:.2f}x" and result.member_images_per_s > 0
     assert any(line.startswith("packed") and "2 runs of 64k iterations packed" in line for line in lines)
     run_bench(n=1, batch_size=16, steps=1, warmup=0, workers=0, results_dir=tmp_path,  # the other kind of row
-              overrides=["train.compile=false"])
+              overrides=["engine.compile=false"])
     with open(tmp_path / "bench.csv") as f:
         packed, plain = list(csv.DictReader(f))
     assert packed["pack"] == "2" and float(packed["member_images_per_s"]) > 0 and plain["pack"] == ""
@@ -50,9 +50,9 @@ def test_bench_imagenet_times_each_pipeline_and_resnet50_on_generated_jpegs(tmp_
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     run_bench(n=1, batch_size=16, steps=1, warmup=0, workers=0, results_dir=tmp_path,  # an older kind of row
-              overrides=["train.compile=false"])
+              overrides=["engine.compile=false"])
     args = ["bench", "imagenet", "--images", "8", "--batch-size", "2", "--steps", "1", "--workers", "1",
-            "--results-dir", str(tmp_path), "train.amp=false", "train.compile=false"]
+            "--results-dir", str(tmp_path), "engine.precision=fp32", "engine.compile=false"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     jpegs = sorted((tmp_path / "cache" / "resnet_repro" / "bench_imagenet" / "train").rglob("*.JPEG"))

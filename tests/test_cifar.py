@@ -10,6 +10,7 @@ from resnet_repro.cifar import (
     TensorImageLoader, crop, hold_out_validation, load_cifar10, read_bundled_sample, read_cifar10_folder,
 )
 from resnet_repro.errors import UserError
+from resnet_repro.results import DataId
 
 
 def test_reads_a_generated_folder_without_md5_check(fake_cifar):
@@ -64,7 +65,7 @@ def _loader(n=64, batch=16, train=True, **kw):
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     mean = images.float().div(255).mean(0)
     ids = torch.arange(n)  # labels are image ids, to check alignment
-    return images, mean, TensorImageLoader(images, ids, mean, batch, train, torch.device("cpu"), seed=1, **kw)
+    return images, mean, TensorImageLoader.from_images(images, ids, mean, batch, train, torch.device("cpu"), seed=1, **kw)
 
 
 def test_test_loader_is_mean_subtracted_originals_in_order():
@@ -103,9 +104,9 @@ def test_epoch_order_depends_only_on_seed_and_epoch_and_resumes_mid_epoch():
 
 def test_ranks_split_each_global_batch():
     images, mean, _ = _loader()
-    parts = [TensorImageLoader(images, torch.arange(64), mean, 16, True, torch.device("cpu"), seed=1, rank=r, world=2)
+    parts = [TensorImageLoader.from_images(images, torch.arange(64), mean, 16, True, torch.device("cpu"), seed=1, rank=r, world=2)
              for r in range(2)]
-    whole = TensorImageLoader(images, torch.arange(64), mean, 16, True, torch.device("cpu"), seed=1)
+    whole = TensorImageLoader.from_images(images, torch.arange(64), mean, 16, True, torch.device("cpu"), seed=1)
     for (x, y), (x0, y0), (x1, y1) in zip(whole.epoch(0), parts[0].epoch(0), parts[1].epoch(0)):
         assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
         assert torch.equal(x[0::2], x0)
@@ -116,8 +117,12 @@ def test_a_declared_lossy_copy_names_the_data(fake_cifar):
 
     from resnet_repro.cifar import build_cifar
 
-    cfg = OmegaConf.create({"sample": False, "root": str(fake_cifar), "download": False, "validation_size": 0,
-                            "pad": 4, "encoding": "jpeg90"})
-    assert build_cifar(cfg, 10, 10, torch.device("cpu"), 0).name == "cifar10_jpeg90"
-    cfg.encoding = "original"
-    assert build_cifar(cfg, 10, 10, torch.device("cpu"), 0).name == "cifar10"
+    from resnet_repro.engine import Engine
+
+    cfg = OmegaConf.create({"data": {"sample": False, "validation_size": 0, "pad": 4, "encoding": "jpeg90"},
+                            "data_dir": str(fake_cifar), "download": False, "train": {"batch_size": 10},
+                            "engine": {"eval_batch_size": 10}})
+    cpu = Engine(torch.device("cpu"), "fp32", False, None)
+    assert build_cifar(cfg, cpu).dataset.name == "cifar10_jpeg90"
+    cfg.data.encoding = "original"
+    assert build_cifar(cfg, cpu).dataset == DataId("cifar10")

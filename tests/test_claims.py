@@ -5,7 +5,7 @@ from rundirs import make_run
 
 from resnet_repro import claims
 from resnet_repro.claims import FAILS, HOLDS, INCONCLUSIVE, NO_DATA
-from resnet_repro.results import load_runs
+from resnet_repro.runs import load_runs
 
 
 def judge(tmp_path, check, *specs):
@@ -70,7 +70,7 @@ def test_unfinished_runs_do_not_decide_claims(tmp_path):
 
 
 def test_a_precision_control_keeps_the_recipe_and_original_pixels_come_first(tmp_path):
-    """resnet20-A-seed0-fp32 (train.amp=false) on the original pixels is a paper-schedule ResNet-20:
+    """resnet20-A-seed0-fp32 (engine.precision=fp32) on the original pixels is a paper-schedule ResNet-20:
     judged before the JPEG copy; a BN-grouping variant changes the recipe and is left out."""
     paper = {"full_schedule": True}
     runs = tmp_path / "runs"
@@ -206,12 +206,6 @@ def test_imagenet_depth_claim_reads_table2s_10crop_numbers(tmp_path):
     ([HOLDS, HOLDS], HOLDS), ([HOLDS, INCONCLUSIVE], INCONCLUSIVE), ([INCONCLUSIVE, FAILS], FAILS), ([], INCONCLUSIVE)])
 def test_combine(parts, expected):
     assert claims.combine(parts) == expected
-
-
-@pytest.mark.parametrize("variant, keeps", [("", True), ("fp32", True), ("bf16", True), ("bn64", False),
-                                            ("bn64-fp32", False), ("a1b2c3", False)])
-def test_a_precision_tag_keeps_the_recipe(variant, keeps):
-    assert claims.keeps_recipe(variant) is keeps
 
 
 def test_a_damaged_responses_file_leaves_only_fig7_without_the_run(tmp_path):

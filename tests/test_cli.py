@@ -65,7 +65,7 @@ def test_run_on_a_generated_cifar_folder(fake_cifar, dirs):
 def test_sweep_makes_one_run_per_arch_and_depth(dirs):
     results, runs = dirs
     result = invoke("sweep", "cifar", "--n", "1,2", "--arch", "plain,resnet", "profile=smoke",
-                    "train.responses=false", "--results-dir", results)
+                    "engine.responses=false", "--results-dir", results)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (runs / "smoke").iterdir()) == [
         "plain14-seed0-sample", "plain8-seed0-sample", "resnet14-A-seed0-sample", "resnet8-A-seed0-sample"]

@@ -41,12 +41,13 @@ def test_user_model_overrides_win_and_duplicates_collapse():
 
 
 def test_variants_name_overrides_that_change_results():
-    assert variant_of(["profile=smoke", "seed=3", "data.root=/x", "model.n=5"]) == ""
+    assert variant_of(["profile=smoke", "seed=3", "data_dir=/x", "model.n=5"]) == ""
     tag = variant_of(["train.lr=0.05"])
     assert tag and tag == variant_of(["+train.lr=0.05"]) and tag != variant_of(["train.lr=0.02"])
-    assert variant_of(["train.amp=true"]) == variant_of(["train.amp=True"])  # typed vs Hydra's multirun
-    assert variant_of(["train.amp=false"]) == "fp32" and variant_of(["train.amp=auto"]) == ""
-    assert variant_of(["train.amp=false", "train.lr=0.05"]) == f"fp32-{tag}"
+    assert variant_of(["engine.precision=bf16"]) == "bf16" and variant_of(["engine.precision=auto"]) == ""
+    assert variant_of(["engine.precision=fp32"]) == "fp32" and variant_of(["model.bn_group=64"]) == "bn64"
+    assert variant_of(["engine.threads=1", "engine.compile=false", "engine.pack=4", "results_dir=/r"]) == ""
+    assert variant_of(["engine.precision=fp32", "train.lr=0.05"]) == f"fp32-{tag}"
     runs = expand_runs(compose_experiment("custom", ["train.lr=0.05"]))
     assert runs[0].run.id == f"resnet20-A-seed0-{tag}"
 
@@ -87,16 +88,16 @@ def test_runs_go_beside_results_unless_given(tmp_path):
 
 
 def test_a_lossy_copy_of_the_data_is_named_not_a_variant():
-    runs = expand_runs(compose_experiment("custom", ["data.encoding=jpeg90", "data.root=/x"]))
+    runs = expand_runs(compose_experiment("custom", ["data.encoding=jpeg90", "data_dir=/x"]))
     assert runs[0].run.id == "resnet20-A-seed0-jpeg90" and runs[0].run.variant == ""
-    runs = expand_runs(compose_experiment("custom", ["data.root=/x"]))
+    runs = expand_runs(compose_experiment("custom", ["data_dir=/x"]))
     assert runs[0].run.id == "resnet20-A-seed0"
 
 
 def test_a_precision_control_is_still_the_papers_schedule_a_shorter_one_is_not():
-    assert keeps_schedule(["train.amp=false", "profile=paper", "seed=2"])
-    assert not keeps_schedule(["train.iterations=1000"]) and not keeps_schedule(["train.amp=false", "train.lr=0.2"])
-    [run] = expand_runs(compose_experiment("custom", ["train.amp=false"]))
+    assert keeps_schedule(["engine.precision=fp32", "profile=paper", "seed=2"])
+    assert not keeps_schedule(["train.iterations=1000"]) and not keeps_schedule(["engine.precision=fp32", "train.lr=0.2"])
+    [run] = expand_runs(compose_experiment("custom", ["engine.precision=fp32"]))
     assert run.run.id == "resnet20-A-seed0-fp32" and run.run.keeps_schedule
 
 

@@ -11,7 +11,8 @@ from training import TINY
 from resnet_repro import engine as engine_module
 from resnet_repro import hardware, runner
 from resnet_repro.config import compose_experiment
-from resnet_repro.engine import StopFlag, choose_amp, compile_mode, setup_engine
+from resnet_repro.engine import StopFlag, choose_precision, compile_mode, set_tf32, setup_engine
+from resnet_repro.errors import UserError
 from resnet_repro.errors import UserError
 
 
@@ -43,9 +44,9 @@ def test_compile_setting_is_a_mode_or_off():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert compile_mode("auto", cuda)[0] == "default"
     assert compile_mode("auto", cuda, graphs=True)[0] == "reduce-overhead"
-    assert compile_mode(True, cpu) == ("default", "train.compile=true") and compile_mode(False, cuda)[0] is None
+    assert compile_mode(True, cpu) == ("default", "engine.compile=true") and compile_mode(False, cuda)[0] is None
     assert compile_mode("reduce-overhead", cuda)[0] == "reduce-overhead"
-    with pytest.raises(UserError, match="train.compile='fast'"):
+    with pytest.raises(UserError, match="engine.compile='fast'"):
         compile_mode("fast", cuda)
 
 
@@ -75,14 +76,50 @@ SAPPHIRE_RAPIDS = {"capability": "AVX512", "avx512_bf16": True, "amx": True, "on
 ])
 def test_auto_precision_follows_the_cpu(monkeypatch, tmp_path, cpu, bf16):
     monkeypatch.setattr(hardware, "cpu_features", lambda: cpu)
-    amp, reason = choose_amp("auto", torch.device("cpu"))
-    assert amp is bf16 and reason.startswith("auto: bf16, native" if bf16 else "auto: fp32, bf16 not native")
-    assert choose_amp(True, torch.device("cpu"))[0] and not choose_amp(False, torch.device("cpu"))[0]
+    precision, reason = choose_precision("auto", torch.device("cpu"))
+    assert precision == ("bf16" if bf16 else "fp32")
+    assert reason.startswith("auto: bf16, native" if bf16 else "auto: fp32, bf16 not native")
+    assert [choose_precision(p, torch.device("cpu"))[0] for p in ("bf16", "fp16", "fp32")] == ["bf16", "fp16", "fp32"]
     cfg = compose_experiment("custom", ["profile=smoke", *TINY, f"runs_dir={tmp_path}"])
     [summary] = runner.run_experiment(cfg)  # the run's summary says which precision it used and why
-    assert summary.amp is bf16 and summary.amp_reason == reason
+    assert summary.precision == precision and summary.amp is bf16 and summary.amp_reason == reason
     assert summary.compile == "eager (auto: eager, 6 iterations < 2,000 do not repay compiling)"
     assert ("no native bf16" in summary.device) is not bf16
+
+
+@pytest.mark.parametrize("capability, native_bf16, expected", [
+    ((9, 0), True, "bf16"),  # H100
+    ((8, 0), True, "bf16"),  # A100
+    ((7, 5), False, "fp16"),  # T4: bf16 only emulated
+    ((7, 0), False, "fp16"),  # V100
+    ((6, 0), False, "fp32"),  # P100
+])
+def test_auto_precision_follows_the_gpu_generation(monkeypatch, capability, native_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native_bf16)
+    precision, reason = choose_precision("auto", torch.device("cuda"))
+    assert precision == expected and f"compute capability {capability[0]}.{capability[1]}" in reason
+    if capability >= (8, 0):
+        assert choose_precision("tf32", torch.device("cuda"))[0] == "tf32"
+    else:
+        with pytest.raises(UserError, match="compute capability 8.0"):
+            choose_precision("tf32", torch.device("cuda"))
+
+
+def test_fp32_means_fp32_tf32_is_its_own_value():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        set_tf32("fp32")
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        set_tf32("tf32")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    with pytest.raises(UserError, match="tf32 needs a CUDA GPU"):
+        choose_precision("tf32", torch.device("cpu"))
+    with pytest.raises(UserError, match="choose one of auto, bf16, fp16, tf32, fp32"):
+        choose_precision("fp8", torch.device("cpu"))
 
 
 def fake_proc_stat(tmp_path, monkeypatch, busy_share):
@@ -107,9 +144,9 @@ def test_auto_threads_leave_the_busy_cores_alone(tmp_path, monkeypatch, busy_sha
     fake_proc_stat(tmp_path, monkeypatch, busy_share)  # another process keeps one core busy, or none
     before = torch.get_num_threads()
     try:
-        setup_engine(compose_experiment("custom", ["device=cpu", "train.threads=auto"]))
+        setup_engine(compose_experiment("custom", ["engine.device=cpu", "engine.threads=auto"]))
         assert torch.get_num_threads() == threads
-        setup_engine(compose_experiment("custom", ["device=cpu", "train.threads=2"]))
+        setup_engine(compose_experiment("custom", ["engine.device=cpu", "engine.threads=2"]))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

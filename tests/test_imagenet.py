@@ -12,16 +12,17 @@ from imagefolders import write_image_folder
 from resnet_repro import imagenet
 from resnet_repro import imagenet_transforms as transforms
 from resnet_repro.config import compose_experiment, expand_runs
-from resnet_repro.data import build_data
 from resnet_repro.engine import Engine
 from resnet_repro.errors import UserError
 from resnet_repro.models import imagenet_resnet
-from resnet_repro.train import evaluate, recalibrate_bn
+from resnet_repro.runner import build_data
+from resnet_repro.scoring import evaluate, recalibrate_bn
+from resnet_repro.steppers import Scorer
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning"),
               pytest.mark.usefixtures("one_thread")]
 
-CPU = Engine(device=torch.device("cpu"), amp=False, channels_last=False, compile=None)
+CPU = Engine(device=torch.device("cpu"), precision="fp32", channels_last=False, compile=None)
 SIZES = transforms.Sizes((40, 48), 32, 36, (32, 48))
 
 
@@ -171,13 +172,13 @@ def test_a_crop_is_drawn_from_the_image_size_alone():
 def test_decode_setting_falls_back_to_cpu_where_there_is_no_gpu():
     cpu = torch.device("cpu")
     assert not imagenet.decodes_on_device("auto", cpu) and not imagenet.decodes_on_device("cpu", cpu)
-    with pytest.raises(UserError, match="data.decode=gpu: this run trains on the CPU"):
+    with pytest.raises(UserError, match="engine.decode=gpu: this run trains on the CPU"):
         imagenet.decodes_on_device("gpu", cpu)
     with pytest.raises(UserError, match="choose one of auto, cpu, gpu"):
         imagenet.decodes_on_device("nvjpeg", cpu)
-    with pytest.raises(UserError, match="data.decode=nvjpeg: choose one of auto, cpu, gpu"):  # before any run starts
-        expand_runs(compose_experiment("table2", ["data.decode=nvjpeg"]))
-    cpu_ids, auto_ids = ([r.run.id for r in expand_runs(compose_experiment("table2", o))] for o in (["data.decode=cpu"], []))
+    with pytest.raises(UserError, match="engine.decode=nvjpeg: choose one of auto, cpu, gpu"):  # before any run starts
+        expand_runs(compose_experiment("table2", ["engine.decode=nvjpeg"]))
+    cpu_ids, auto_ids = ([r.run.id for r in expand_runs(compose_experiment("table2", o))] for o in (["engine.decode=cpu"], []))
     assert cpu_ids == auto_ids  # the same batches either way: not a variant of the run
 
 
@@ -256,17 +257,18 @@ def colour_val(tmp_path_factory):
 @pytest.mark.parametrize("protocol", imagenet.TEST_PROTOCOLS)
 def test_evaluate_scores_every_image_of_every_protocol_against_its_own_label(colour_val, protocol):
     ld = imagenet.TestLoader(colour_val, SIZES, protocol, zero_mean(), 5, torch.device("cpu"))
-    assert evaluate(ColourNet(), ld, CPU) == (0.0, 0.0)  # every image right
-    assert evaluate(ColourNet(-1.0), ld, CPU) == (100.0, 0.0)  # every image wrong; with 3 classes all in the top 5
+    assert evaluate(Scorer(ColourNet(), CPU), ld, CPU) == [(0.0, 0.0)]  # every image right
+    # every image wrong; with 3 classes all in the top 5
+    assert evaluate(Scorer(ColourNet(-1.0), CPU), ld, CPU) == [(100.0, 0.0)]
     half = imagenet.TestLoader(colour_val, SIZES, protocol, zero_mean(), 5, torch.device("cpu"))
     half.files = imagenet.ImageFiles(colour_val.paths, [0] * len(colour_val), colour_val.classes, colour_val.folder)
-    assert evaluate(ColourNet(), half, CPU)[0] == pytest.approx(100 * 8 / 12)  # all labelled 0: classes 1, 2 wrong
+    assert evaluate(Scorer(ColourNet(), CPU), half, CPU)[0][0] == pytest.approx(100 * 8 / 12)  # all labelled 0
 
 
 def test_bn_recalibration_averages_over_training_images(files):
     model = imagenet_resnet(18, "resnet", "B", num_classes=3)
     ld = loader(files[0], batch_size=6)
-    seen = recalibrate_bn(model, ld.epoch(0), 12, CPU)
+    seen = recalibrate_bn(Scorer(model, CPU), ld.epoch(0), 12, CPU)
     assert seen == 12 and model.bn1.momentum == 0.1 and model.training
     with torch.no_grad():
         outs = torch.cat([model.conv1(x) for x, _ in list(ld.epoch(0))[:2]])
@@ -292,7 +294,7 @@ def test_experiments_use_the_imagenet_recipe():
 def test_proxy_profile_scales_sizes_and_labels_the_data():
     cfg = compose_experiment("table2", ["profile=proxy"])
     d = cfg.data
-    assert d.name == "imagenette_64px_proxy" and "proxy" in d.label and "proxy" in cfg.profile.label
+    assert (d.name, d.subset) == ("imagenette", "64px_proxy") and "proxy" in cfg.profile.label
     assert (list(d.scale_range), d.crop, d.test_resize, list(d.multiscale)) == (
         [64, 120], 56, 64, [56, 64, 96, 120, 160])
     assert not cfg.profile.full_schedule and cfg.train.schedule == "step"
@@ -303,6 +305,6 @@ def test_build_data_needs_a_folder_and_an_imagenet_model(tmp_path, monkeypatch):
     cfg = expand_runs(compose_experiment("table2", ["profile=smoke"]))[0]
     with pytest.raises(UserError, match="--data-dir"):
         build_data(cfg, CPU, 0)
-    cfg = compose_experiment("table6", ["profile=proxy", f"data.root={tmp_path}"])
+    cfg = compose_experiment("table6", ["profile=proxy", f"data_dir={tmp_path}"])
     with pytest.raises(UserError, match="ImageNet model"):
         build_data(expand_runs(cfg)[0], CPU, 0)

@@ -20,8 +20,8 @@ def _launch(*overrides, cwd):
 
 @pytest.mark.slow
 def test_launch_trains_one_run_and_a_requeued_job_resumes(tmp_path):
-    args = ["profile=smoke", *TINY, "train.iterations=40", "train.milestones=[30]", "train.log_every=10",
-            "train.checkpoint_every=2", "train.eval_every=40", f"runs_dir={tmp_path / 'runs'}",
+    args = ["profile=smoke", *TINY, "train.iterations=40", "train.milestones=[30]", "engine.log_every=10",
+            "engine.checkpoint_every=2", "engine.eval_every=40", f"runs_dir={tmp_path / 'runs'}",
             f"hydra.run.dir={tmp_path / 'hydra'}"]
     job = _launch(*args, cwd=tmp_path)
     checkpoint = None
@@ -72,7 +72,7 @@ def test_the_finish_step_composes_the_command_without_its_grid():
 @pytest.mark.slow
 def test_a_grid_trains_one_run_per_job_then_writes_the_reports_once(tmp_path):
     args = ["-m", "experiment=fig1", "model.arch=plain", "model.n=3,9", "profile=smoke",
-            "device=cpu", "train.responses=false", "train.threads=1", "train.eval_batch_size=500",
+            "engine.device=cpu", "engine.responses=false", "engine.threads=1", "engine.eval_batch_size=500",
             f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 'hydra'}"]
     out = subprocess.run([sys.executable, "-m", "resnet_repro.launch", *args], cwd=tmp_path, capture_output=True,
                          text=True, timeout=600)

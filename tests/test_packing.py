@@ -15,16 +15,15 @@ from resnet_repro.packing import (
     PackedCifarResNet,
     PackedLoader,
     PackedSGD,
-    evaluate_members,
-    measure_member_responses,
     member_state_dict,
     packed_loss_and_errors,
     replicate,
 )
-from resnet_repro.train import evaluate, measure_responses
+from resnet_repro.scoring import evaluate, measure_responses
+from resnet_repro.steppers import Packed, Scorer, build_optimizer
 
 MIX = [("plain", 0), ("resnet", 0), ("plain", 1), ("resnet", 1)]  # {plain, resnet} x {seed 0, seed 1}
-CPU = Engine(device=torch.device("cpu"), amp=False, channels_last=False, compile=None)
+CPU = Engine(device=torch.device("cpu"), precision="fp32", channels_last=False, compile=None)
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +48,7 @@ def images(count: int, seed: int = 0, size: int = 32):
 
 
 def loader(x, y, batch: int, seed: int, train: bool = True) -> TensorImageLoader:
-    return TensorImageLoader(x, y, x.float().mean(0) / 255, batch, train, torch.device("cpu"), seed=seed)
+    return TensorImageLoader.from_images(x, y, x.float().mean(0) / 255, batch, train, torch.device("cpu"), seed=seed)
 
 
 def assert_states_equal(a: dict, b: dict):
@@ -140,7 +139,7 @@ def test_twenty_packed_steps_are_the_four_solo_runs():
     solo_opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4) for m in solos]
     opt = PackedSGD(packed, momentum=0.9, weight_decay=1e-4)
     solo_loaders = [loader(x, y, batch, seed) for _, seed in MIX]
-    packed_loader = PackedLoader.from_seeds(solo_loaders[0], [seed for _, seed in MIX])
+    packed_loader = PackedLoader([solo_loaders[0].with_seed(seed) for _, seed in MIX])
     step = 0
     for epoch in range(steps // len(packed_loader)):
         for (px, py), *solo_batches in zip(packed_loader.epoch(epoch), *(lo.epoch(epoch) for lo in solo_loaders)):
@@ -250,7 +249,7 @@ def test_checkpoint_mid_way_resumes_bit_exactly():
 def test_packed_loader_zips_the_members_loaders():
     x, y = images(40)
     base = loader(x, y, 8, seed=0)
-    packed = PackedLoader.from_seeds(base, [0, 5, 9])
+    packed = PackedLoader([base.with_seed(seed) for seed in (0, 5, 9)])
     assert len(packed) == len(base) == 5
     assert all(lo.images is base.images for lo in packed.loaders)  # one copy of the images
     batches = list(packed.epoch(2, start_batch=3))
@@ -283,15 +282,16 @@ def test_per_member_evaluation_and_responses_equal_the_solo_ones():
     members = [solo(arch, seed) for arch, seed in MIX]
     for i, m in enumerate(members):  # distinct running stats, so eval mode differs per member
         m(torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * (1 + i))
-    packed = PackedCifarResNet.from_members(members)
+    packed = Packed([(m, build_optimizer(m, OmegaConf.create({"lr": 0.1, "momentum": 0.9, "weight_decay": 0})))
+                     for m in members], CPU)
     x, y = images(40, seed=2)
     test = loader(x, y, 16, seed=0, train=False)
-    errors = evaluate_members(packed, test, CPU)
-    responses = measure_member_responses(packed, test, CPU)
-    assert packed.training and len(responses) == len(MIX)
+    errors = evaluate(packed, test, CPU)
+    responses = measure_responses(packed, test, CPU)
+    assert packed.module.training and len(responses) == len(MIX)
     for k, m in enumerate(members):
-        assert errors[k] == pytest.approx(evaluate(m, test, CPU))
-        assert responses[k] == pytest.approx(measure_responses(m, test, CPU), rel=1e-5)
+        assert errors[k] == pytest.approx(evaluate(Scorer(m, CPU), test, CPU)[0])
+        assert responses[k] == pytest.approx(measure_responses(Scorer(m, CPU), test, CPU)[0], rel=1e-5)
     assert responses[0] != pytest.approx(responses[1], rel=1e-3)
 
 

@@ -190,13 +190,6 @@ def test_a_precision_control_on_the_original_pixels_is_drawn_before_a_jpeg_copy(
     assert legend(result.figure.axes[0]) == ["plain-20 [CIFAR-10]", "plain-56 [CIFAR-10 re-encoded as JPEG q90]"]
 
 
-@pytest.mark.parametrize("dataset, title", [
-    ("cifar10", "CIFAR-10"), ("cifar10_jpeg90", "CIFAR-10 re-encoded as JPEG q90"),
-    ("imagenette_64px_proxy", "Imagenette 64 px proxy"), ("imagenet", "ImageNet")])
-def test_data_titles(dataset, title):
-    assert plots.data_title(dataset) == title
-
-
 def test_fig7_run_without_responses_points_to_the_analysis(runs, results):
     make_run(runs, "paper", "plain20", responses=[1.0, 2.0])
     run = make_run(runs, "paper", "plain56")

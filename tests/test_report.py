@@ -3,7 +3,7 @@
 from rundirs import make_run
 
 from resnet_repro import claims, report, tables
-from resnet_repro.results import load_runs
+from resnet_repro.runs import load_runs
 
 
 def test_readme_links_what_exists_and_states_hardware_and_claims(runs, results):
@@ -77,4 +77,4 @@ def test_readme_says_how_far_the_paper_schedule_on_the_original_pixels_got(runs,
     assert ("- BN over 64 (model.bn_group=64), profile `budget` (budget schedule (5k iterations, 7.8% of the paper's "
             "64k), not the paper's schedule), cifar10: 14.40% (mean of 2) against 15.27% (mean of 3) without it: "
             "0.87 points lower, beyond the seed noise") in section
-    assert "fp32 (train.amp=false), profile" not in section  # no finished fp32 run: nothing to compare
+    assert "fp32 (engine.precision=fp32), profile" not in section  # no finished fp32 run: nothing to compare

@@ -9,7 +9,8 @@ from rundirs import make_run
 
 from resnet_repro.config import make_dir
 from resnet_repro.errors import UserError
-from resnet_repro.results import RunDir, Summary, Unreadable, dataset_text, git_commit, load_runs, unreadable
+from resnet_repro.results import DataId, RunDir, Summary, Unreadable, git_commit
+from resnet_repro.runs import load_runs, recipe_rank, unreadable
 
 
 def test_summary_round_trip_and_files_of_older_versions(tmp_path):
@@ -90,11 +91,29 @@ def test_a_running_run_reports_how_far_its_metrics_got(runs):
     assert row.iterations_done == RunDir(run).read_metrics().iteration.max() > 0
 
 
-def test_dataset_text_names_lossy_copies_and_subsets():
-    assert dataset_text("cifar10") == ""
-    assert "JPEG quality 90" in dataset_text("cifar10_jpeg90") and "not the original pixels" in dataset_text(
-        "cifar10_jpeg90")
-    assert "not the paper's full data" in dataset_text("cifar10_sample")
+def test_the_data_is_named_by_its_fields_and_old_names_read_back():
+    assert DataId("cifar10").note == "" and DataId("cifar10").original
+    lossy = DataId("cifar10", encoding="jpeg90")
+    assert lossy.name == "cifar10_jpeg90" and lossy.paper_images and not lossy.original
+    assert "JPEG quality 90" in lossy.note and "not the original pixels" in lossy.note
+    assert "not the paper's full data" in DataId("cifar10", "sample").note
+    assert [d.rank for d in (DataId("cifar10"), lossy, DataId("cifar10", "sample"))] == [0, 1, 2]
+    for name in ("cifar10", "cifar10_sample", "cifar10_jpeg90", "imagenet", "imagenette_64px_proxy",
+                 "imagenette_64px_proxy_sample"):
+        assert DataId.from_name(name).name == name  # summaries written before the fields existed
+
+
+@pytest.mark.parametrize("dataset, title", [
+    ("cifar10", "CIFAR-10"), ("cifar10_jpeg90", "CIFAR-10 re-encoded as JPEG q90"),
+    ("imagenette_64px_proxy", "Imagenette 64 px proxy"), ("imagenet", "ImageNet")])
+def test_data_titles(dataset, title):
+    assert DataId.from_name(dataset).title == title
+
+
+@pytest.mark.parametrize("variant, rank", [("", 0), ("fp32", 1), ("bf16", 1), ("fp16", 1), ("bn64", 2),
+                                           ("bn64-fp32", 2), ("a1b2c3", 2)])
+def test_a_precision_tag_keeps_the_recipe(variant, rank):
+    assert recipe_rank(variant) == rank
 
 
 def test_a_folder_under_a_file_is_a_user_error(tmp_path):

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from training import TINY, with_train
 
-from resnet_repro import runner, train
+from resnet_repro import runner, steppers
 from resnet_repro.config import compose_experiment, expand_runs, runs_root
 from resnet_repro.engine import STOP_POLL
 from resnet_repro.errors import Interrupted
@@ -34,11 +34,11 @@ def test_finished_run_is_skipped_and_left_unchanged(tmp_path):
 
 def test_sigint_during_training_checkpoints_and_the_same_call_resumes(tmp_path, monkeypatch):
     cfg = compose_experiment("custom", ["profile=smoke", *TINY, "train.iterations=12", "train.milestones=[8]",
-                                        "train.log_every=4", "train.checkpoint_every=8", f"runs_dir={tmp_path}"])
+                                        "engine.log_every=4", "engine.checkpoint_every=8", f"runs_dir={tmp_path}"])
     real_build = runner.build_data
 
-    def build_data_with_sigint(run_cfg, engine, seed):  # Ctrl-C arrives before step 6
-        data = real_build(run_cfg, engine, seed)
+    def build_data_with_sigint(run_cfg, engine):  # Ctrl-C arrives before step 6
+        data = real_build(run_cfg, engine)
         return with_train(data, lambda it: os.kill(os.getpid(), signal.SIGINT) if it == 5 else None)
 
     monkeypatch.setattr(runner, "build_data", build_data_with_sigint)
@@ -65,25 +65,25 @@ def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     report = {"batches": [], "writes": []}
-    real_step, real_write, real_build = train.train_step, results.atomic_write_bytes, runner.build_data
+    real_step, real_write, real_build = steppers.train_step, results.atomic_write_bytes, runner.build_data
 
-    def recording_step(model, optimizer, x, y, engine):
+    def recording_step(model, optimizer, x, y, engine, scaler=None):
         report["batches"].append(len(y))
-        return real_step(model, optimizer, x, y, engine)
+        return real_step(model, optimizer, x, y, engine, scaler)
 
     def recording_write(path, data):
         report["writes"].append(str(path))
         return real_write(path, data)
 
-    def ctrl_c_on_rank0_only(run_cfg, engine, seed):  # a signal that reaches one rank, before step 3
-        return with_train(real_build(run_cfg, engine, seed),
+    def ctrl_c_on_rank0_only(run_cfg, engine):  # a signal that reaches one rank, before step 3
+        return with_train(real_build(run_cfg, engine),
                           lambda it: os.kill(os.getpid(), signal.SIGINT) if it == 2 else None)
 
-    train.train_step, results.atomic_write_bytes = recording_step, recording_write
+    steppers.train_step, results.atomic_write_bytes = recording_step, recording_write
     if rank == 0:
         runner.build_data = ctrl_c_on_rank0_only
-    cfg = compose_experiment("custom", ["profile=smoke", *TINY, "train.responses=true", "train.iterations=12",
-                                        "train.milestones=[8]", "train.log_every=4", f"runs_dir={root}"])
+    cfg = compose_experiment("custom", ["profile=smoke", *TINY, "engine.responses=true", "train.iterations=12",
+                                        "train.milestones=[8]", "engine.log_every=4", f"runs_dir={root}"])
     try:
         runner.run_experiment(cfg)
     except Interrupted as e:

@@ -22,7 +22,7 @@ plan_stops = reproduce_gpu.plan_stops
 def side_by_side(tmp_path, data, deadline, *overrides):
     command = [sys.executable, str(SCRIPT), "--deadline", str(deadline), "--check", "1", "--n", "1,2",
                "--data-dir", str(data), "--log-dir", str(tmp_path / "logs"),
-               "profile=smoke", "train.threads=1", f"runs_dir={tmp_path / 'runs'}", *overrides]
+               "profile=smoke", "engine.threads=1", f"runs_dir={tmp_path / 'runs'}", *overrides]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     summaries = {p.parent.name.split("-seed")[0]: json.loads(p.read_text()) for p in (tmp_path / "runs" / "smoke").glob("*/summary.json")}
@@ -59,9 +59,9 @@ def test_runs_that_make_the_deadline_finish_as_ordinary_run_directories(tmp_path
 @pytest.mark.slow
 def test_runs_still_going_at_the_deadline_are_stopped_with_a_checkpoint(tmp_path, fake_cifar):
     # neither can finish; whether each is stopped as late or at the deadline depends on this CPU's speed
-    stdout, summaries = side_by_side(tmp_path, fake_cifar, 45, "train.iterations=1000000", "train.log_every=5",
-                                     "train.eval_every=100000", "train.checkpoint_every=100000",
-                                     "train.compile=false")
+    stdout, summaries = side_by_side(tmp_path, fake_cifar, 45, "train.iterations=1000000", "engine.log_every=5",
+                                     "engine.eval_every=100000", "engine.checkpoint_every=100000",
+                                     "engine.compile=false")
     assert ("cannot finish" in stdout or "deadline: stopping" in stdout) and sorted(summaries) == ["resnet14-A", "resnet8-A"]
     assert "exit 130" in stdout and "exit -" not in stdout  # each stopped once, cleanly
     for s in summaries.values():

@@ -10,38 +10,39 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from training import read_metrics, setup, tiny_cfg, with_train, without_timing
+from training import read_metrics, setup, tiny_cfg, train_run, with_train, without_timing
 
-from resnet_repro import train
+from resnet_repro import steppers, train
 from resnet_repro.engine import StopFlag
 from resnet_repro.errors import Interrupted, TrainingDiverged, UserError
 from resnet_repro.models import build_model
-from resnet_repro.train import fit, lr_at
+from resnet_repro.results import RunDir
+from resnet_repro.train import lr_at
 
 # crosses an epoch (31 batches of 32), a warm-up poll, log rows, evaluations and checkpoints.
-RESUME = ["train.iterations=40", "train.milestones=[24,32]", "train.log_every=4", "train.eval_every=20",
-          "train.checkpoint_every=16", "train.warmup.min_depth=8", "train.warmup.until_train_error=95",
+RESUME = ["train.iterations=40", "train.milestones=[24,32]", "engine.log_every=4", "engine.eval_every=20",
+          "engine.checkpoint_every=16", "train.warmup.min_depth=8", "train.warmup.until_train_error=95",
           "train.warmup.window=10", "train.warmup.min_iterations=0"]
 
 
-@pytest.mark.parametrize("compiled", ["false", "true"])  # long CPU runs compile (train.compile: auto)
+@pytest.mark.parametrize("compiled", ["false", pytest.param("true", marks=pytest.mark.slow)])  # CPU runs compile
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, compiled):
-    cfg, engine, data, whole = setup(tmp_path / "a", *RESUME, f"train.compile={compiled}")
-    fit(cfg, whole, data, engine)
+    cfg, engine, data, whole = setup(tmp_path / "a", *RESUME, f"engine.compile={compiled}")
+    train_run(cfg, whole, data, engine)
 
-    _, _, _, parts = setup(tmp_path / "b", *RESUME, f"train.compile={compiled}")
+    _, _, _, parts = setup(tmp_path / "b", *RESUME, f"engine.compile={compiled}")
     stop = StopFlag()
     # 1) a stop request after step 7: mid log-window, mid warm-up poll, mid epoch
     stopper = with_train(data, lambda it: stop.set() if it == 6 else None)
     with pytest.raises(Interrupted, match="interrupted at iteration 7/40"):
-        fit(cfg, parts, stopper, engine, stop=stop)
+        train_run(cfg, parts, stopper, engine, stop=stop)
     assert parts.read_summary().status == "interrupted" and torch.load(parts.checkpoint)["iteration"] == 7
     # 2) resumed by a fresh call, stopped again from the on_row callback after the epoch boundary
     stop = StopFlag()
     with pytest.raises(Interrupted, match="at iteration 36/40"):
-        fit(cfg, parts, data, engine, on_row=lambda row: stop.set() if row["iteration"] == 36 else None, stop=stop)
+        train_run(cfg, parts, data, engine, on_row=lambda _, row: stop.set() if row["iteration"] == 36 else None, stop=stop)
     # 3) and run to the end
-    summary = fit(cfg, parts, data, engine, stop=StopFlag())
+    summary = train_run(cfg, parts, data, engine, stop=StopFlag())
     assert summary.status == "finished" and summary.iterations_done == 40
 
     a, b = torch.load(whole.checkpoint), torch.load(parts.checkpoint)
@@ -69,12 +70,12 @@ def test_corrupt_checkpoint_is_a_user_error_naming_the_file(tmp_path):
     run.path.mkdir(parents=True)
     run.checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=re.escape(str(run.checkpoint))):
-        fit(cfg, run, data, engine)
+        train_run(cfg, run, data, engine)
 
 
 def test_divergence_keeps_last_good_checkpoint_and_records_failure(tmp_path):
-    over = ["train.iterations=16", "train.milestones=[100]", "train.log_every=4", "train.checkpoint_every=4",
-            "train.eval_every=16"]
+    over = ["train.iterations=16", "train.milestones=[100]", "engine.log_every=4", "engine.checkpoint_every=4",
+            "engine.eval_every=16"]
     cfg, engine, data, run = setup(tmp_path / "runs", *over)
 
     def poison(it):  # from step 10 on the images are NaN: the loss is NaN from then on
@@ -84,7 +85,7 @@ def test_divergence_keeps_last_good_checkpoint_and_records_failure(tmp_path):
     saved = data.train.images.clone()
     try:
         with pytest.raises(TrainingDiverged, match="by iteration 12"):
-            fit(cfg, run, with_train(data, poison), engine)
+            train_run(cfg, run, with_train(data, poison), engine)
     finally:
         data.train.images.copy_(saved)
     state = torch.load(run.checkpoint)
@@ -95,25 +96,25 @@ def test_divergence_keeps_last_good_checkpoint_and_records_failure(tmp_path):
     # a learning rate that blows the weights up is caught too (finite loss, infinite weights)
     cfg, engine, data, run = setup(tmp_path / "lr", *over, "train.lr=1e6")
     with pytest.raises(TrainingDiverged):
-        fit(cfg, run, data, engine)
+        train_run(cfg, run, data, engine)
     assert run.read_summary().status == "failed"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_training_step_never_syncs_with_the_host(tmp_path):
-    cfg, engine, data, _ = setup(tmp_path, "device=cuda", "train.compile=false")
+    cfg, engine, data, _ = setup(tmp_path, "engine.device=cuda", "engine.compile=false")
     model = build_model(cfg.model, 10).to(engine.device).to(memory_format=torch.channels_last)
-    optimizer = train.build_optimizer(model, cfg.train)
+    optimizer = steppers.build_optimizer(model, cfg.train)
     batches = data.train.epoch(0)
     window = torch.zeros(3, device=engine.device)
     for x, y in [next(batches) for _ in range(2)]:  # warm-up: cuDNN autotuning may sync
-        window += train.train_step(model, optimizer, x, y, engine)
+        window += steppers.train_step(model, optimizer, x, y, engine)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
             x, y = next(batches)
-            window += train.train_step(model, optimizer, x, y, engine)
+            window += steppers.train_step(model, optimizer, x, y, engine)
         for _, _ in zip(range(2), data.train.epoch(1)):  # a new epoch's randomness reaches the GPU without a sync
             pass
     finally:
@@ -138,15 +139,15 @@ CHECKPOINT_KEYS = {"run_id", "iterations", "iteration", "model", "optimizer", "t
 
 def test_the_checkpoint_holds_the_train_state_and_reads_back(tmp_path):
     cfg, engine, data, run = setup(tmp_path / "runs", "train.iterations=8", "train.milestones=[6]",
-                                   "train.log_every=3", "train.checkpoint_every=8")
-    fit(cfg, run, data, engine)
+                                   "engine.log_every=3", "engine.checkpoint_every=8")
+    train_run(cfg, run, data, engine)
     saved = torch.load(run.checkpoint)
     assert saved.keys() == CHECKPOINT_KEYS and saved["iteration"] == 8 and len(saved["rows"]) == 3
     state = train.TrainState.from_checkpoint(saved, engine.device)
     assert (state.iteration, state.rows, state.warmup_done, state.wall_s) == (8, saved["rows"], True, saved["wall_s"])
-    model, optimizer = train.prepare_model(cfg, engine, data.num_classes)
+    model, optimizer = steppers.prepare_model(cfg, engine, data.num_classes)
     model.load_state_dict(saved["model"])
-    again = state.to_checkpoint(cfg, model, optimizer, saved["wall_s"])
+    again = state.to_checkpoint(cfg, model, optimizer, saved["wall_s"], saved["torch_rng"])
     assert again.keys() == CHECKPOINT_KEYS and again["window"] == saved["window"] and again["run_id"] == cfg.run.id
     for key in ("warm_window", "warm_history", "warmup_end"):  # written before these were checkpointed
         del saved[key]
@@ -156,16 +157,16 @@ def test_the_checkpoint_holds_the_train_state_and_reads_back(tmp_path):
 
 def test_a_checkpoint_of_another_run_or_schedule_is_refused(tmp_path):
     cfg, engine, data, run = setup(tmp_path / "runs", "train.iterations=3", "train.milestones=[2]")
-    fit(cfg, run, data, engine)
+    train_run(cfg, run, data, engine)
     longer, _, _, _ = setup(tmp_path / "runs", "train.iterations=4", "train.milestones=[2]")
     with pytest.raises(UserError, match="another run or schedule"):
-        fit(longer, run, data, engine)
+        train_run(longer, run, data, engine)
 
 
 def warmup_end(errors_per_check: list[float], **warmup) -> int | None:
     """Where the warm-up rule ends for a run whose training error over each 10-step block is given."""
     t = OmegaConf.create({"warmup": {"until_train_error": 80.0, **warmup}})
-    engine = train.Engine(torch.device("cpu"), amp=False, channels_last=False, compile=None)
+    engine = train.Engine(torch.device("cpu"), precision="fp32", channels_last=False, compile=None)
     state = train.TrainState.new(True, engine.device)
     for error in errors_per_check:
         state.warm_window += torch.tensor([0.0, error * 1.28, 128.0])  # one block: 10 steps of 12.8 images
@@ -186,7 +187,22 @@ def test_warmup_ends_on_a_trailing_window_and_not_before_its_minimum():
 
 def test_the_warmup_end_is_logged_in_the_summary(tmp_path):
     cfg, engine, data, run = setup(tmp_path / "runs", *RESUME)
-    summary = fit(cfg, run, data, engine)
+    summary = train_run(cfg, run, data, engine)
     assert summary.warmup_end is not None and summary.warmup_end % 10 == 0
     lrs = {int(r["iteration"]): float(r["lr"]) for r in read_metrics(run)}
     assert lrs[summary.warmup_end - summary.warmup_end % 4] == 0.01  # the row before it still warming up
+
+
+def test_runs_on_shared_data_each_train_on_their_own_seed(tmp_path):
+    """The runner builds one `Data` for all runs of a command: each run's batches still follow its own seed."""
+    over = ["train.iterations=8", "train.milestones=[6]", "engine.log_every=4", "engine.eval_every=8"]
+    _, engine, shared, _ = setup(tmp_path / "shared", *over)
+    rows = []
+    for seed in (0, 1):
+        cfg, _, own, alone = setup(tmp_path / f"alone{seed}", *over, f"seed={seed}")
+        train_run(cfg, alone, own, engine)
+        together = RunDir(tmp_path / "shared" / cfg.run.id)
+        train_run(cfg, together, shared, engine)
+        rows.append(without_timing(read_metrics(together)))
+        assert rows[-1] == without_timing(read_metrics(alone))
+    assert rows[0][0]["train_loss"] != rows[1][0]["train_loss"]  # two seeds, two runs

@@ -4,10 +4,10 @@ The reference is built the way popular reimplementations build it: a torchvision
 handing out one PIL image at a time, `RandomCrop(32, padding=4)` + `RandomHorizontalFlip` +
 `ToTensor` + `Normalize`, a `DataLoader` with worker processes, an eager fp32 model, plain SGD and
 `loss.item()` every step. Ours is what `fit` runs: the whole set as one tensor on the device,
-batched crop/flip, the model, optimizer and compilation `fit` prepares (train.prepare_model,
-train.stepping_model) and its `train_step`. Both train the same model on the same images in the same process; warm-up
-steps (and compilation) are excluded, and the two are timed in alternating rounds so a machine
-shared with other work slows both alike.
+batched crop/flip, and the stepper `fit` steps (steppers.Solo: the model, optimizer and compilation
+`fit` prepares). Both train the same model on the same images in the same process; warm-up steps (and
+compilation) are excluded, and the two are timed in alternating rounds so a machine shared with other
+work slows both alike.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,12 +28,12 @@ from .cifar import TensorImageLoader, load_cifar10, read_bundled_sample
 from .config import compose_experiment, data_root, expand_runs
 from .engine import setup_engine
 from .errors import UserError
-from .hardware import device_name
+from .hardware import device_name, usable_cores
 from .models import build_model
-from .pack_fit import packed_train_step
-from .packing import PackedCifarResNet, PackedLoader, PackedSGD
+from .packing import PackedLoader
 from .results import atomic_write_text, git_commit
-from .train import lr_at, prepare_model, set_lr, stepping_model, train_step
+from .steppers import Packed, Solo, prepare_model
+from .train import lr_at
 
 PAPER_ITERATIONS = 64_000  # the CIFAR-10 schedule of Sec. 4.2
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # what the reimplementations use
@@ -60,7 +59,7 @@ class BenchResult:
     ours_pipeline: str
     steps: int
     git_commit: str
-    precision: str = ""  # ours: bf16 or fp32, and why (train.amp: auto decides by the hardware)
+    precision: str = ""  # ours: bf16, fp16, tf32 or fp32, and why (engine.precision: auto decides by the hardware)
     pack: int | None = None  # --pack K: ref is one run alone, ours K runs packed (images/s of all K together)
     member_images_per_s: float | None = None  # --pack K: images/s of each packed run
     bench: str = "cifar"  # cifar (ours against the reference) or pack (alone against packed)
@@ -135,12 +134,12 @@ def run_bench(
 ) -> BenchResult:
     """Time both pipelines, append a row to `results_dir/bench.csv` and return the numbers.
     `log` receives the report line by line; its last line is `speedup: <ratio>x`.
-    `overrides` are Hydra overrides for our side (e.g. train.amp=false, train.threads=1)."""
+    `overrides` are Hydra overrides for our side (e.g. engine.precision=fp32, engine.threads=1)."""
     bench = _setup(arch, n, batch_size, data_dir, device, overrides, log)
     cfg, engine, dev = bench.cfg, bench.engine, bench.engine.device
     steps = steps or (300 if dev.type == "cuda" else 20)
     warmup = warmup if warmup is not None else (30 if dev.type == "cuda" else 3)
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    workers = workers if workers is not None else min(4, usable_cores())
 
     # the reference: PIL Dataset + DataLoader workers, eager fp32, loss.item() each step
     torch.manual_seed(0)
@@ -161,22 +160,20 @@ def run_bench(
 
     # ours: what fit runs per step
     torch.manual_seed(0)
-    model, optimizer = prepare_model(cfg, engine, 10)
-    step_model = stepping_model(model, engine)
+    ours = Solo(*prepare_model(cfg, engine, 10), engine)
     ours_batches = _forever(bench.loader.epoch)
-    window = torch.zeros(3, device=dev)
+    window = torch.zeros(1, 3, device=dev)
     iteration = itertools.count()
 
     def ours_step() -> int:
         nonlocal window
         x, y = next(ours_batches)
-        set_lr(optimizer, lr_at(next(iteration), cfg.train, warming_up=False))
-        window += train_step(step_model, optimizer, x, y, engine)
+        window += ours.step([lr_at(next(iteration), cfg.train, warming_up=False)], x, y)
         return y.shape[0]
 
     log(f"warming up ({warmup} steps each{', compiling ours' if engine.compile else ''})")
     ref_ips, ours_ips = _alternate(ref_step, ours_step, steps, warmup, rounds, dev, log)
-    ours_parts = [p for p, on in (("bf16 autocast", engine.amp), ("channels_last", engine.channels_last),
+    ours_parts = [p for p, on in ((f"{engine.precision} autocast", engine.amp), ("channels_last", engine.channels_last),
                                   (f"torch.compile ({engine.compile})", engine.compile)) if on]
     result = bench.result(
         steps, ref_images_per_s=round(ref_ips, 2), ours_images_per_s=round(ours_ips, 2),
@@ -209,27 +206,27 @@ class _Bench:
         return BenchResult(
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=device_name(self.engine.device),
             torch=torch.__version__, model=self.model_name, batch=int(self.cfg.train.batch_size), data=self.what,
-            steps=steps, git_commit=git_commit(), precision=self.engine.precision, **fields)
+            steps=steps, git_commit=git_commit(), precision=self.engine.precision_text, **fields)
 
 
 def _setup(arch, n, batch_size, data_dir, device, overrides, log) -> _Bench:
     """The config, engine and training images of a bench; logs what is benched where."""
     sample = data_dir is None and data_root(None) is None
-    data_overrides = ["data.sample=true"] if sample else ["data.sample=false", f"data.root={data_root(data_dir)}"]
+    data_overrides = ["data.sample=true"] if sample else ["data.sample=false", f"data_dir={data_root(data_dir)}"]
     cfg = compose_experiment("custom", [f"model.arch={arch}", f"model.n={n}", f"train.batch_size={batch_size}",
-                                        f"device={device}", *data_overrides, *overrides])
+                                        f"engine.device={device}", *data_overrides, *overrides])
     engine = setup_engine(cfg)
-    arrays = read_bundled_sample() if sample else load_cifar10(data_root(cfg.data.root), download=False)
+    arrays = read_bundled_sample() if sample else load_cifar10(data_root(cfg.data_dir), download=False)
     images, labels = arrays.train_images, arrays.train_labels
     encoding = cfg.data.get("encoding", "original")
     what = f"{len(labels):,} CIFAR-10 images" + (
         " (bundled sample)" if sample else "" if encoding == "original" else f" ({encoding} copy)")
     model_name = expand_runs(cfg)[0].run.model_name
     log(f"bench: {model_name}, batch {batch_size}, {what}, {device_name(engine.device)}, torch {torch.__version__}")
-    log(f"precision (ours): {engine.precision}")
+    log(f"precision (ours): {engine.precision_text}")
     log(f"compile (ours): {engine.compilation}")
-    loader = TensorImageLoader(images, labels, images.float().div(255).mean(0), batch_size, True, engine.device,
-                               int(cfg.seed), int(cfg.data.pad))
+    loader = TensorImageLoader.from_images(images, labels, images.float().div(255).mean(0), batch_size, True,
+                                           engine.device, int(cfg.seed), int(cfg.data.pad))
     return _Bench(cfg, engine, images, labels, loader, what, model_name)
 
 
@@ -263,7 +260,7 @@ def run_pack_bench(
     overrides: list[str] = (),
     log: Callable[[str], None] = lambda line: None,
 ) -> BenchResult:
-    """`train.pack`: one run alone (what `fit` steps) against `pack` runs packed (what `fit_pack` steps),
+    """`engine.pack`: one run alone (steppers.Solo) against `pack` runs packed (steppers.Packed),
     side by side in one process; a row in `results_dir/bench.csv` (ref = alone, ours = packed, all
     members' images together). The last log line is `pack speedup: <ratio>x` (aggregate over alone)."""
     if pack < 1:
@@ -274,35 +271,30 @@ def run_pack_bench(
     warmup = warmup if warmup is not None else (30 if dev.type == "cuda" else 2)
 
     torch.manual_seed(0)  # one run alone: fit's model, optimizer, compilation and step
-    model, optimizer = prepare_model(cfg, engine, 10)
-    step_model = stepping_model(model, engine)
+    solo = Solo(*prepare_model(cfg, engine, 10), engine)
     solo_batches = _forever(loader.epoch)
     lr = lr_at(0, cfg.train, warming_up=False)
-    set_lr(optimizer, lr)
 
     def solo_step() -> int:
         x, y = next(solo_batches)
-        train_step(step_model, optimizer, x, y, engine)
+        solo.step([lr], x, y)
         return y.shape[0]
 
-    members = []  # `pack` runs of seeds 0.., packed as fit_pack packs them (eager: no compilation)
+    solos = []  # `pack` runs of seeds 0.., packed as fit packs them
     for seed in range(pack):
         torch.manual_seed(seed)
-        members.append(prepare_model(cfg, engine, 10)[0])
-    packed = PackedCifarResNet.from_members(members)
-    if engine.channels_last:
-        packed = packed.to(memory_format=torch.channels_last)
-    packed_opt = PackedSGD(packed, float(cfg.train.momentum), float(cfg.train.weight_decay))
-    packed_batches = _forever(PackedLoader.from_seeds(loader, range(pack)).epoch)
+        solos.append(prepare_model(cfg, engine, 10))
+    packed = Packed(solos, engine)
+    packed_batches = _forever(PackedLoader([loader.with_seed(seed) for seed in range(pack)]).epoch)
 
     def packed_step() -> int:
         x, y = next(packed_batches)
-        packed_train_step(packed, packed_opt, [lr] * pack, x, y, engine)
+        packed.step([lr] * pack, x, y)
         return y.numel()  # images of all members
 
     log(f"one run alone vs {pack} packed: warming up ({warmup} steps each)")
     alone, together = _alternate(solo_step, packed_step, steps, warmup, rounds, dev, log)
-    parts = [p for p, on in (("bf16 autocast", engine.amp), ("channels_last", engine.channels_last)) if on]
+    parts = [p for p, on in ((f"{engine.precision} autocast", engine.amp), ("channels_last", engine.channels_last)) if on]
     result = bench.result(
         steps, ref_images_per_s=round(alone, 2), ours_images_per_s=round(together, 2), speedup=round(together / alone, 3),
         ref_pipeline="one run alone (fit's step" + (f", torch.compile ({engine.compile})" if engine.compile else "")

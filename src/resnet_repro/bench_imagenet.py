@@ -5,8 +5,8 @@ ImageNet's training JPEGs are about 400x350 pixels and 110 KB on average. The be
 such images once (`generate_jpegs`: smooth, photo-like content, since noise compresses far worse), or
 reads a real ImageFolder given with --data-dir, and times in one run:
 - the input pipeline alone, as a run reads it (`FolderLoader.epoch`: batches normalised on the device):
-  CPU workers decoding and augmenting (data.decode=cpu), in total and per worker; on a GPU also nvJPEG
-  decoding and augmenting on the device (data.decode=gpu);
+  CPU workers decoding and augmenting (engine.decode=cpu), in total and per worker; on a GPU also nvJPEG
+  decoding and augmenting on the device (engine.decode=gpu);
 - the ResNet-50 training step alone (`fit`'s step on device-resident batches): batch 256 on a GPU; on a
   CPU a few steps at a small batch, labelled so.
 Their ratio says how many CPU cores per GPU the CPU path needs to keep the model fed.
@@ -32,7 +32,7 @@ from .hardware import device_name, usable_cores
 from .imagenet import FolderLoader, ImageFiles, decodes_on_device, find_split, list_images
 from .imagenet_transforms import Normalize, sizes_from_config
 from .results import atomic_write_bytes, atomic_write_text, git_commit
-from .train import prepare_model, stepping_model, train_step
+from .steppers import Solo, prepare_model
 
 GENERATED_VERSION = 1  # bump when generate_jpegs draws different images
 CLASSES = 10
@@ -88,8 +88,8 @@ def run_imagenet_bench(
     """Time the pipelines and ResNet-50's step, append one row each to `results_dir/bench.csv`, return the rows."""
     if images < 1:
         raise UserError(f"--images {images}: give a whole number >= 1")
-    cfg = compose_experiment("custom", ["data=imagenet", "model=imagenet", "train=imagenet", "model.depth=50",
-                                        "model.shortcut=B", f"device={device}", *overrides])
+    cfg = compose_experiment("custom", ["data=imagenet", "model=imagenet", "train=imagenet", "engine=imagenet",
+                                        "model.depth=50", "model.shortcut=B", f"engine.device={device}", *overrides])
     engine = setup_engine(cfg)
     dev, on_gpu = engine.device, engine.device.type == "cuda"
     batch_size = batch_size or (256 if on_gpu else 16)
@@ -120,16 +120,16 @@ def run_imagenet_bench(
         per_worker = round(images_per_s / workers_used, 1) if workers_used else None
         r = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": where,
              "torch": torch.__version__, "model": model, "batch": batch, "data": what, "steps": steps_done,
-             "git_commit": git_commit(), "precision": engine.precision if model else "", "bench": "imagenet",
+             "git_commit": git_commit(), "precision": engine.precision_text if model else "", "bench": "imagenet",
              "pipeline": pipeline, "images_per_s": round(images_per_s, 1), "workers": workers_used,
              "per_worker_images_per_s": per_worker}
         rows.append(r)
         extra = f" ({per_worker:.1f} per worker)" if per_worker else ""
         log(f"{pipeline:<58} {images_per_s:8.1f} images/s{extra}")
 
-    pipelines = [("CPU workers decode + scale/crop/flip (data.decode=cpu)", False)]
+    pipelines = [("CPU workers decode + scale/crop/flip (engine.decode=cpu)", False)]
     if decodes_on_device("auto", dev):
-        pipelines.append(("nvJPEG decode + scale/crop/flip on the GPU (data.decode=gpu)", True))
+        pipelines.append(("nvJPEG decode + scale/crop/flip on the GPU (engine.decode=gpu)", True))
     pipeline_batch = max(1, min(batch_size if on_gpu else 32, len(files) // 4))  # >= 3 timed batches
     for label, on_device in pipelines:
         loader = FolderLoader(files, sizes, normalize, pipeline_batch, dev, 0, float(cfg.data.lighting_std),
@@ -143,13 +143,12 @@ def run_imagenet_bench(
     torch.manual_seed(0)
     model_cfg = expand_runs(cfg)[0]
     model_name = model_cfg.run.model_name
-    model, optimizer = prepare_model(model_cfg, engine, 1000)
-    step_model = stepping_model(model, engine)
+    solo = Solo(*prepare_model(model_cfg, engine, 1000), engine)
     x = torch.randn(batch_size, 3, sizes.crop, sizes.crop, device=dev)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
 
     def step() -> int:
-        train_step(step_model, optimizer, x, y, engine)
+        solo.step([0.1], x, y)
         return batch_size
 
     step()  # untimed: warm-up (and compilation)

@@ -2,7 +2,7 @@
 horizontal flip done on whole batches on the training device, in the spirit of airbench.
 
 The folder reader takes any valid `cifar-10-batches-py/` (no checksum gate), or the real sample that
-ships in the package; `TensorImageLoader` follows the protocol of loader.py.
+ships in the package; `TensorImageLoader` follows the protocol of data.py.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omegaconf import DictConfig
+
 from .config import DATA_ENV, data_root
+from .data import Data, epoch_generator
 from .errors import UserError
-from .loader import Data, epoch_generator
+from .results import DataId
 
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -31,7 +34,6 @@ class ImageArrays:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    name: str  # "cifar10", "cifar10_sample", ...
     test_split: str = "test"  # or "val" when the 45k/5k split is used
 
 
@@ -59,7 +61,7 @@ def read_cifar10_folder(folder: Path) -> ImageArrays:
     """Read the standard python-pickle batches. No md5 gate: any valid folder loads."""
     train_x, train_y = _read_batches(folder, [f"data_batch_{i}" for i in range(1, 6)])
     test_x, test_y = _read_batches(folder, ["test_batch"])
-    return ImageArrays(train_x, train_y, test_x, test_y, "cifar10")
+    return ImageArrays(train_x, train_y, test_x, test_y)
 
 
 def read_bundled_sample() -> ImageArrays:
@@ -67,7 +69,7 @@ def read_bundled_sample() -> ImageArrays:
     with resources.files("resnet_repro.sample").joinpath("cifar10_sample.npz").open("rb") as f:
         z = np.load(f)
         arrays = {k: torch.from_numpy(z[k]) for k in ("train_images", "train_labels", "test_images", "test_labels")}
-    return ImageArrays(**arrays, name="cifar10_sample")
+    return ImageArrays(**arrays)
 
 
 def load_cifar10(root: Path | None, download: bool) -> ImageArrays:
@@ -100,39 +102,39 @@ def hold_out_validation(arrays: ImageArrays, size: int, seed: int = 0) -> ImageA
     train, val = order[:-size], order[-size:]
     return ImageArrays(
         arrays.train_images[train], arrays.train_labels[train],
-        arrays.train_images[val], arrays.train_labels[val], arrays.name, test_split="val",
+        arrays.train_images[val], arrays.train_labels[val], test_split="val",
     )
 
 
 class TensorImageLoader:
-    """Batches from a normalised image tensor held on the training device.
+    """Batches from a normalised image tensor held on the training device (`from_images` makes one).
 
     Training: shuffle by `randperm`, random crops from a pre-padded tensor and flips by a random
-    mask, all drawn once per epoch. Evaluation: the original images in order. Under DDP each of
-    `world` processes takes every `world`-th image of the same global batch.
+    mask, all drawn once per epoch from (seed, epoch). Evaluation: the original images in order. Under
+    DDP each of `world` processes takes every `world`-th image of the same global batch.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        mean: torch.Tensor,
-        batch_size: int,
-        train: bool,
-        device: torch.device,
-        seed: int = 0,
-        pad: int = 4,
-        rank: int = 0,
-        world: int = 1,
-    ):
-        x = images.to(device).float().div_(255).sub_(mean.to(device))
-        self.pad = pad if train else 0
-        if self.pad:  # zero padding after mean subtraction pads with the mean image's colour
-            x = torch.nn.functional.pad(x, (pad,) * 4)
-        self.images, self.labels = x, labels.to(device)
-        self.size = images.shape[-1]
-        self.batch_size, self.train, self.seed = batch_size, train, seed
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, batch_size: int, train: bool,
+                 seed: int = 0, pad: int = 0, rank: int = 0, world: int = 1):
+        self.images, self.labels, self.size = images, labels, size  # images padded by `pad` where training
+        self.batch_size, self.train, self.seed, self.pad = batch_size, train, seed, pad
         self.rank, self.world = rank, world
+
+    @classmethod
+    def from_images(cls, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, batch_size: int,
+                    train: bool, device: torch.device, seed: int = 0, pad: int = 4, rank: int = 0,
+                    world: int = 1) -> TensorImageLoader:
+        """uint8 images to [0, 1] on `device`, the per-pixel mean subtracted, padded for the crops."""
+        x = images.to(device).float().div_(255).sub_(mean.to(device))
+        pad = pad if train else 0
+        if pad:  # zero padding after mean subtraction pads with the mean image's colour
+            x = torch.nn.functional.pad(x, (pad,) * 4)
+        return cls(x, labels.to(device), images.shape[-1], batch_size, train, seed, pad, rank, world)
+
+    def with_seed(self, seed: int) -> TensorImageLoader:
+        """The same images (shared, not copied) under another seed: another run's batches."""
+        return TensorImageLoader(self.images, self.labels, self.size, self.batch_size, self.train, seed, self.pad,
+                                 self.rank, self.world)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -181,23 +183,26 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def build_cifar(data_cfg, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
-                rank: int = 0, world: int = 1) -> Data:
-    if data_cfg.sample:
+def build_cifar(cfg: DictConfig, engine, seed: int = 0) -> Data:
+    """The CIFAR-10 loaders of a run's config: the folder `data_dir` (or the bundled sample), on the
+    engine's device, the training loader under `seed`."""
+    d = cfg.data
+    if d.sample:
         arrays = read_bundled_sample()
     else:
-        arrays = load_cifar10(data_root(data_cfg.root), bool(data_cfg.download))
-        if data_cfg.get("encoding", "original") != "original":
-            arrays.name = f"{arrays.name}_{data_cfg.encoding}"  # not the original pixels: say so in results
-    if data_cfg.validation_size:
-        arrays = hold_out_validation(arrays, int(data_cfg.validation_size))
-    if data_cfg.get("test_subset"):  # smoke: evaluate on the first k test images only, and say so
-        k = int(data_cfg.test_subset)
+        arrays = load_cifar10(data_root(cfg.data_dir), bool(cfg.download))
+    dataset = DataId(d.get("name", "cifar10"), "sample" if d.sample else "",
+                     "original" if d.sample else d.get("encoding", "original"))
+    if d.validation_size:
+        arrays = hold_out_validation(arrays, int(d.validation_size))
+    if d.get("test_subset"):  # smoke: evaluate on the first k test images only, and say so
+        k = int(d.test_subset)
         arrays.test_images, arrays.test_labels = arrays.test_images[:k], arrays.test_labels[:k]
         arrays.test_split = f"{arrays.test_split}[:{k}]"
     mean = arrays.train_images.float().div(255).mean(0)  # per-pixel mean image (Sec. 4.2)
-    train = TensorImageLoader(arrays.train_images, arrays.train_labels, mean, batch_size, True, device, seed,
-                              int(data_cfg.pad), rank, world)
-    test = TensorImageLoader(arrays.test_images, arrays.test_labels, mean, eval_batch_size, False, device,
-                             rank=rank, world=world)
-    return Data(train, test, 10, 32, arrays.name, arrays.test_split, len(arrays.train_labels), top5=False)
+    train = TensorImageLoader.from_images(arrays.train_images, arrays.train_labels, mean, int(cfg.train.batch_size),
+                                          True, engine.device, seed, int(d.pad), engine.rank, engine.world)
+    test = TensorImageLoader.from_images(arrays.test_images, arrays.test_labels, mean,
+                                         int(cfg.engine.eval_batch_size), False, engine.device, rank=engine.rank,
+                                         world=engine.world)
+    return Data(train, test, 10, 32, dataset, arrays.test_split, len(arrays.train_labels), top5=False)

@@ -19,8 +19,9 @@ import pandas as pd
 
 from . import paper
 from .paper import CIFAR_DEPTHS
-from .results import FULL_DATASETS, RunDir, dataset_text, finished, rank_profiles, schedule_text
-from .spec import ModelSpec
+from .results import RunDir
+from .runs import dataset_text, finished, ranked_runs, recipe_rank, schedule_text
+from .spec import ModelSpec, pretty
 
 HOLDS, FAILS, INCONCLUSIVE, NO_DATA = "holds", "does not hold", "inconclusive", "not enough data"
 
@@ -31,24 +32,13 @@ ERROR_SPREAD = paper.TABLE6_MEAN_STD["resnet110-A"][1]
 RESPONSE_SPREAD = 0.05
 # An error above 3/4 of chance's: the net has barely begun to learn and ranks nothing yet.
 NEAR_CHANCE = 0.75
-CLASSES = {"cifar10": 10, "imagenette": 10, "imagenet": 1000}  # by the data name up to its first "_"
-PRECISION_TAGS = {"fp32", "bf16"}  # run id tags of train.amp (config._NAMED_VARIANTS)
 FIG7_PAIRS = (20, 56)  # the plain/ResNet twins Fig. 7 draws
 FIG7_RESNETS = (20, 56, 110)
-
-
-def keeps_recipe(variant: str) -> bool:
-    """A precision tag (`-fp32`) changes the arithmetic, not the paper's recipe; any other tag does."""
-    return all(tag in PRECISION_TAGS for tag in variant.split("-") if tag)
 
 
 def cifar_net(arch: str, depth: int) -> str:
     """The run name of a CIFAR-10 net of Table 6 and Fig. 6/7 (option A)."""
     return ModelSpec("cifar", arch, depth).name
-
-
-def pretty(model: str) -> str:
-    return ModelSpec.parse(model).pretty
 
 
 class Claim(NamedTuple):
@@ -80,13 +70,10 @@ def settings(runs: pd.DataFrame) -> list[pd.DataFrame]:
     schedule, then the full data (original pixels before a lossy copy or a sample). A precision
     control stands in for its net only where that net has no untagged run in the setting."""
     pool = finished(runs)
-    pool = pool[pool.variant.map(keeps_recipe) & ~pool.ensemble]
+    pool = ranked_runs(pool[(pool.variant.map(recipe_rank) <= 1) & ~pool.ensemble])
     out = []
-    for profile in rank_profiles(pool):
-        in_profile = pool[pool.profile == profile]
-        for dataset in sorted(set(in_profile.dataset), key=lambda d: (d not in FULL_DATASETS, d)):
-            sub = in_profile[in_profile.dataset == dataset]
-            out.append(sub[(sub.variant == "") | ~sub.model.isin(set(sub.model[sub.variant == ""]))])
+    for _, sub in pool.groupby(["profile", "dataset"], sort=False):
+        out.append(sub[(sub.variant == "") | ~sub.model.isin(set(sub.model[sub.variant == ""]))])
     return out
 
 
@@ -105,12 +92,12 @@ def _pick(runs: pd.DataFrame, models: list[str], column: str,
 def _where(setting: pd.DataFrame) -> str:
     run = setting.iloc[0]
     where = f"profile `{run.profile}`: {schedule_text(run)}"
-    return where + (f", {dataset_text(run.dataset)}" if dataset_text(run.dataset) else "")
+    return where + (f", {dataset_text(run)}" if dataset_text(run) else "")
 
 
 def _chance(setting: pd.DataFrame) -> float | None:
-    classes = CLASSES.get(setting.iloc[0].dataset.split("_")[0])
-    return 100 * (1 - 1 / classes) if classes else None
+    classes = setting.iloc[0].classes
+    return 100 * (1 - 1 / classes) if pd.notna(classes) and classes else None
 
 
 def seed_spread(nets: list[Net], assumed: float) -> tuple[float, str]:

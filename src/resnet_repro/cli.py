@@ -36,7 +36,7 @@ ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Tables and figu
 RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Run directories (default: experiments/ beside --results-dir).")]
 ConfigDir = Annotated[Path | None, typer.Option("--config-dir", help="Config tree to use instead of the project's conf/.")]
 Restart = Annotated[bool, typer.Option("--restart", help="Start unfinished runs over instead of resuming.")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. profile=smoke model.shortcut=B seeds=5.")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. profile=smoke model.shortcut=B seeds=5 engine.precision=fp32.")]
 
 
 class Arch(str, Enum):
@@ -133,7 +133,7 @@ def _path_overrides(data_dir, results_dir, runs_dir) -> list[str]:
         config_mod.check_folder(runs_dir, "--runs-dir")
     out = [f"results_dir={results_dir}"]
     if data_dir is not None:
-        out.append(f"data.root={data_dir}")
+        out.append(f"data_dir={data_dir}")
     if runs_dir is not None:
         out.append(f"runs_dir={runs_dir}")
     return out
@@ -165,7 +165,7 @@ def _train_and_report(cfg, restart: bool) -> None:
         if not interactive:
             console.print(f"{run_cfg.run.id}: {status} ({run.path})", highlight=False)
 
-    def on_row(row):
+    def on_row(run_cfg, row):
         err = row.get("test_error")
         status = f"train {row['train_error']:.1f}%" + (f" test {err:.2f}%" if err is not None else "")
         progress.update(task, completed=row["iteration"], status=status)
@@ -182,7 +182,7 @@ def _print_written(written: list, runs_dir: Path) -> None:
     """'wrote', 'note' and 'missing' lines for the files and figures made, then a warning for each run
     directory with a file that cannot be read (the tables and figures leave that run out)."""
     from .plots import output_lines
-    from .results import load_runs, unreadable
+    from .runs import load_runs, unreadable
 
     styles = {"wrote": "wrote {}", "note": "note: {}", "missing": "[yellow]missing:[/yellow] {}"}
     for item in written:
@@ -239,7 +239,7 @@ BENCH_KINDS = ("cifar", "imagenet")
 @friendly_errors
 def bench(
     args: Annotated[list[str] | None, typer.Argument(
-        help="What to time, cifar (the default) or imagenet, then Hydra overrides, e.g. train.amp=false.")] = None,
+        help="What to time, cifar (the default) or imagenet, then Hydra overrides, e.g. engine.precision=fp32.")] = None,
     n: Annotated[int, typer.Option("--n", help="CIFAR net of depth 6n+2 (3: ResNet-20).")] = 3,
     arch: Annotated[Arch, typer.Option("--arch", help="resnet or plain.")] = Arch.resnet,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Mini-batch (CIFAR: the paper's 128; ImageNet: 256 on a GPU, 16 on a CPU).")] = None,
@@ -247,7 +247,7 @@ def bench(
     warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed steps first, compilation included (default 3 CPU, 30 GPU).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (CIFAR reference: min(4, cores); ImageNet: all cores).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    pack: Annotated[int | None, typer.Option("--pack", help="Instead: one run alone against K runs packed (train.pack=K).")] = None,
+    pack: Annotated[int | None, typer.Option("--pack", help="Instead: one run alone against K runs packed (engine.pack=K).")] = None,
     images: Annotated[int, typer.Option("--images", help="ImageNet: how many ImageNet-sized JPEGs to generate (once, cached).")] = 2000,
     data_dir: DataDir = None,
     results_dir: ResultsDir = Path("results"),
@@ -388,7 +388,7 @@ def eval_(
     data_dir: DataDir = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch (fewer for multiscale).")] = 100,
-    workers: Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: data.workers).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: engine.workers).")] = None,
 ):
     """Top-1 and top-5 error of ImageNet-style checkpoints on the val/ split of --data-dir."""
     from .evaluate import ensemble_eval

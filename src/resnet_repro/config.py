@@ -20,25 +20,31 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UserError
-from .spec import ModelSpec, spec_from_config
+from .spec import NET_KEYS, ModelSpec, spec_from_config
 
 CONFIG_ENV = "RESNET_REPRO_CONFIG_DIR"
 DATA_ENV = "RESNET_REPRO_DATA"
 
-# Overrides that change where or how fast a run goes, not what it computes: they do not make a
-# new run variant (the model keys are part of the run's name instead).
-_NEUTRAL_KEYS = {
-    "profile", "seed", "seeds", "device", "results_dir", "runs_dir", "experiment",
-    "data.root", "data.download", "model.arch", "model.n", "model.depth", "model.shortcut", "model.stride_on",
-    "train.threads", "train.compile", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.eval_batch_size", "train.channels_last", "train.responses", "data.workers", "train.pack",
-    "data.decode",  # the same batches either way (imagenet_transforms)
-    "data.encoding",  # named in the run id instead
+# What a run computes: these groups and the seed (conf/config.yaml). An override of anything else (engine.*,
+# the folders, which seeds or profile) changes where, how fast or how visibly a run goes, never its id.
+RECIPE_GROUPS = ("model", "data", "train")
+DATA_TAG_KEYS = ("data.sample", "data.encoding")  # named in the run id as the data it trained on (`run_id`)
+
+# Settings that left the recipe groups (or the top level) for the engine or the folders: an old override
+# is refused with one line that names the new one.
+MOVED = {
+    "device": "engine.device", "train.amp": "engine.precision", "train.channels_last": "engine.channels_last",
+    "train.compile": "engine.compile", "train.threads": "engine.threads", "train.pack": "engine.pack",
+    "train.log_every": "engine.log_every", "train.eval_every": "engine.eval_every",
+    "train.checkpoint_every": "engine.checkpoint_every", "train.eval_batch_size": "engine.eval_batch_size",
+    "train.responses": "engine.responses", "data.decode": "engine.decode", "data.workers": "engine.workers",
+    "data.root": "data_dir", "data.download": "download",
 }
+_AMP_AS_PRECISION = {"true": "bf16", "false": "fp32", "auto": "auto"}
 
 
 def data_root(configured: str | None) -> Path | None:
-    """The data folder: the config (`--data-dir`) first, then $RESNET_REPRO_DATA."""
+    """The data folder: the config (`data_dir`, `--data-dir`) first, then $RESNET_REPRO_DATA."""
     root = configured or os.environ.get(DATA_ENV)
     return Path(root).expanduser() if root else None
 
@@ -92,6 +98,7 @@ def compose_experiment(experiment: str, overrides: list[str] = (), conf: Path | 
     for o in overrides:
         if "=" not in o or o.startswith("="):
             raise UserError(f"malformed override {o!r}: write key=value, e.g. model.shortcut=B or profile=smoke")
+        _refuse_moved(o)
     if GlobalHydra.instance().is_initialized():  # a previous context was left open (tests, notebooks)
         GlobalHydra.instance().clear()
     try:
@@ -109,16 +116,39 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _refuse_moved(override: str) -> None:
+    key, value = _key(override), override.split("=", 1)[1]
+    if key in MOVED:
+        new = MOVED[key]
+        example = _AMP_AS_PRECISION.get(value.lower(), "fp32") if key == "train.amp" else value
+        raise UserError(f"{key} is now {new}: write {new}={example}")
+
+
 # Overrides that change how a run computes but keep the paper's recipe and schedule, named in words in
 # the run id (value -> tag; "" for the default) so a control reads as what it is: resnet20-A-seed0-fp32.
-_NAMED_VARIANTS = {
-    "train.amp": lambda v: "" if v == "auto" else "bf16" if v else "fp32",
+NAMED_VARIANTS = {
+    "engine.precision": lambda v: "" if v == "auto" else str(v),
     "model.bn_group": lambda v: "" if v is None else f"bn{v}",
 }
+# The tags `engine.precision` gives: they change the arithmetic, not the paper's recipe
+PRECISION_TAGS = ("bf16", "fp16", "tf32", "fp32")
 
 
-DECODES = ("auto", "cpu", "gpu")  # data.decode: where ImageNet JPEGs are decoded (imagenet.decodes_on_device)
-_KEEP_SCHEDULE = _NEUTRAL_KEYS | set(_NAMED_VARIANTS)  # overrides after which the recipe is still the paper's
+DECODES = ("auto", "cpu", "gpu")  # engine.decode: where ImageNet JPEGs are decoded (imagenet.decodes_on_device)
+
+
+def override_role(key: str) -> str:
+    """What an override key (today's name, or one that has since moved) does to a run: "named" (a named
+    variant), "net" (part of the net's name), "data" (named as the data), "recipe" (changes the paper's
+    recipe: a hashed variant) or "engine" (where, how fast, how visibly: nothing)."""
+    key = MOVED.get(key, key)
+    if key in NAMED_VARIANTS:
+        return "named"
+    if key in NET_KEYS:
+        return "net"
+    if key in DATA_TAG_KEYS:
+        return "data"
+    return "recipe" if key.split(".")[0] in RECIPE_GROUPS else "engine"
 
 
 def _parsed(overrides: list[str]) -> list:
@@ -127,22 +157,26 @@ def _parsed(overrides: list[str]) -> list:
 
 def variant_of(overrides: list[str]) -> str:
     """A short stable tag for overrides that change what a run computes ("" for none): named tags for
-    precision and BN grouping, then a hash of any others. Values are parsed first, so `x=true` (typed)
-    and `x=True` (as Hydra's multirun passes it back) agree."""
+    precision and BN grouping, then a hash of any other change to the recipe. Values are parsed first, so
+    `x=true` (typed) and `x=True` (as Hydra's multirun passes it back) agree."""
     parsed = _parsed(overrides)
-    named = [_NAMED_VARIANTS[o.key_or_group](o.value()) for o in parsed if o.key_or_group in _NAMED_VARIANTS]
-    changing = sorted(
-        f"{o.key_or_group}={json.dumps(o.value(), sort_keys=True, default=str)}"
-        for o in parsed if o.key_or_group not in _KEEP_SCHEDULE
-    )
+    named = [NAMED_VARIANTS[o.key_or_group](o.value()) for o in parsed if o.key_or_group in NAMED_VARIANTS]
+    changing = sorted(f"{o.key_or_group}={json.dumps(o.value(), sort_keys=True, default=str)}"
+                      for o in parsed if override_role(o.key_or_group) == "recipe")
     tags = sorted(t for t in named if t) + ([hashlib.sha1("\n".join(changing).encode()).hexdigest()[:6]] if changing else [])
     return "-".join(tags)
 
 
 def keeps_schedule(overrides: list[str]) -> bool:
-    """True when no override changes the recipe or schedule: only neutral keys, precision or BN grouping.
-    Such a run on the `paper` profile is still the paper's schedule."""
-    return all(o.key_or_group in _KEEP_SCHEDULE for o in _parsed(overrides))
+    """True when no override changes the recipe or schedule (named variants, the net, the data's name and
+    the engine do not). Such a run on the `paper` profile is still the paper's schedule."""
+    return all(override_role(o.key_or_group) != "recipe" for o in _parsed(overrides))
+
+
+def recipe_overrides(overrides: list[str]) -> list[str]:
+    """The overrides (as a summary lists them, old names included) that make a run a variant of the paper's
+    recipe: what a table names beside the run, never a machine's folders or engine settings."""
+    return [o for o in overrides if override_role(_key(o)) in ("named", "recipe")]
 
 
 def run_id(spec: ModelSpec, seed: int, variant: str, data_tag: str = "") -> str:
@@ -155,7 +189,7 @@ def resolve_sample(cfg: DictConfig) -> bool:
     bundled sample; full-data profiles say false and never fall back."""
     if cfg.data.sample == "auto":
         # ImageNet has no bundled sample: there it means a tiny subset of the given folder
-        return data_root(cfg.data.root) is None if cfg.data.family == "cifar" else True
+        return data_root(cfg.data_dir) is None if cfg.data.family == "cifar" else True
     return bool(cfg.data.sample)
 
 
@@ -178,8 +212,8 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
             if group is not None and (not isinstance(group, int) or group < 2 or int(run.train.batch_size) % group):
                 raise UserError(f"model.bn_group={group} must be a whole number >= 2 that divides train.batch_size="
                                 f"{run.train.batch_size} (e.g. 64 for the paper's two GPUs of 64)")
-            if run.data.get("decode", "auto") not in DECODES:
-                raise UserError(f"data.decode={run.data.decode}: choose one of {', '.join(DECODES)}")
+            if run.engine.get("decode", "auto") not in DECODES:
+                raise UserError(f"engine.decode={run.engine.decode}: choose one of {', '.join(DECODES)}")
             run.seed = seed
             run.data.sample = resolve_sample(cfg)
             # a run on the sample is kept apart from the same run on the full data, except in the

@@ -1,19 +1,37 @@
-"""The data a run trains on: `build_data` reads `cfg.data` and builds the CIFAR-10 tensor loaders
-(cifar.py) or the ImageNet folder loaders (imagenet.py); both follow loader.py's protocol."""
+"""What every loader gives the one training loop, CIFAR-10 tensors and ImageNet folders alike, and what
+a run's results say about its data.
+
+A loader has `len(loader)` batches per epoch and `loader.epoch(e, start_batch)` yielding `(images, labels)`
+on the training device. The order and augmentation of epoch `e` depend only on `(seed, e)`, so a resumed
+run sees exactly the batches an uninterrupted one would. A loader is built with its seed;
+`loader.with_seed(s)` is the same images under another seed (another run), sharing their memory.
+"""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from dataclasses import dataclass, field
 
-from .cifar import build_cifar
-from .imagenet import build_imagenet
-from .loader import Data
+import torch
+
+from .results import DataId
 
 
-def build_data(cfg: DictConfig, engine, seed: int) -> Data:
-    """The loaders for a run's config, on `engine`'s device and, under DDP, its share of each batch."""
-    t = cfg.train
-    if cfg.data.family == "cifar":
-        return build_cifar(cfg.data, int(t.batch_size), int(t.eval_batch_size), engine.device, seed,
-                           engine.rank, engine.world)
-    return build_imagenet(cfg, engine, seed)
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Counter-based: the randomness of an epoch is a pure function of (seed, epoch).
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+@dataclass
+class Data:
+    """The loaders of one run and what the results say about its data."""
+
+    train: object  # a loader as above
+    test: object  # evaluation batches `(views, labels)`: views a tensor, or a list of test-time views
+    num_classes: int
+    image_size: int
+    dataset: DataId  # named in every result
+    test_split: str  # "test", "val", or "test[:500]" for a subset
+    train_size: int
+    top5: bool = True  # report top-5 error (the paper gives none for CIFAR-10)
+    final_tests: dict = field(default_factory=dict)  # protocol -> test loader, scored once at the end (Tables 2-4)
+    pipeline: str = ""  # ImageNet: where images are decoded and augmented (goes into the summary)

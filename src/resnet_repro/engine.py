@@ -1,7 +1,9 @@
-"""Where and how a run computes: the device, DDP ranks under torchrun, bf16 autocast, channels_last
-and the torch.compile mode (`Engine`), and the stop flag that signals set between steps.
+"""Where and how a run computes (`engine.*` in the config): the device, DDP ranks under torchrun, the
+precision (bf16 or fp16 autocast, TF32, fp32), channels_last and the torch.compile mode (`Engine`), and
+the stop flag that signals set between steps.
 
-None of this changes what a run computes, only how fast: the recipe lives in the config.
+None of this changes what a run computes, only how fast: the recipe lives in the model, data and train
+groups. Precision is the one exception that is named in the run id when it is not auto.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ from .errors import UserError
 from .hardware import cpu_bf16_native, cpu_threads
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "tf32", "fp32")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class Engine:
     device: torch.device
-    amp: bool  # bf16 autocast
+    precision: str  # bf16 | fp16 (autocast; fp16 with a gradient scaler) | tf32 | fp32
     channels_last: bool
     compile: str | None  # a torch.compile mode ("default", "reduce-overhead" = CUDA graphs), None = eager
     rank: int = 0
     world: int = 1
     cpu_group: object = None  # DDP: a gloo group for host-side agreement (stop flag) that never syncs the GPU
-    amp_reason: str = ""  # why bf16 is on or off (goes into the summary and the bench output)
+    precision_reason: str = ""  # why this precision (goes into the summary and the bench output)
     compile_reason: str = ""  # why torch.compile is on or off (summary and bench output)
 
     @property
@@ -37,9 +43,14 @@ class Engine:
         return self.rank == 0
 
     @property
-    def precision(self) -> str:
-        """What the engine trains in, and why (`train.amp: auto` decides by the hardware)."""
-        return f"{'bf16' if self.amp else 'fp32'} ({self.amp_reason})"
+    def amp(self) -> bool:
+        """Autocast on: the convolutions run in bf16 or fp16."""
+        return self.precision in _AUTOCAST
+
+    @property
+    def precision_text(self) -> str:
+        """What the engine trains in, and why (`engine.precision: auto` decides by the hardware)."""
+        return f"{self.precision} ({self.precision_reason})"
 
     @property
     def compilation(self) -> str:
@@ -47,34 +58,53 @@ class Engine:
         return f"{self.compile or 'eager'} ({self.compile_reason})" if self.compile_reason else self.compile or "eager"
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        return torch.autocast(self.device.type, dtype=_AUTOCAST.get(self.precision, torch.bfloat16), enabled=self.amp)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 needs its loss scaled so small gradients do not underflow; bf16 and fp32 do not."""
+        return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
-def choose_amp(value, device: torch.device) -> tuple[bool, str]:
-    """`train.amp`: true | false | auto. auto = bf16 autocast only where the device runs bf16 natively
-    (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX); fp32 everywhere else."""
+def choose_precision(value, device: torch.device) -> tuple[str, str]:
+    """`engine.precision` for `device`: (bf16 | fp16 | tf32 | fp32, why). auto = bf16 autocast where the
+    device runs it natively, fp16 autocast (with a gradient scaler) on a GPU that has fast fp16 but no bf16
+    (Volta, Turing: a V100, a T4), fp32 everywhere else."""
+    if value not in PRECISIONS:
+        raise UserError(f"engine.precision={value!r}: choose one of {', '.join(PRECISIONS)}")
+    if value == "tf32" and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)):
+        raise UserError("engine.precision=tf32 needs a CUDA GPU of compute capability 8.0 or more (Ampere and "
+                        "later); use fp32 here")
     if value != "auto":
-        return bool(value), f"train.amp={str(bool(value)).lower()}"
+        return value, f"engine.precision={value}"
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-        return native, f"auto: {'bf16' if native else 'fp32'} ({torch.cuda.get_device_name(device)}"\
-                       f"{' supports' if native else ' lacks'} bf16)"
+        name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+        cc = f"compute capability {capability[0]}.{capability[1]}"
+        # is_bf16_supported() alone also says yes where bf16 is only emulated (a V100, a T4), and slow
+        if capability >= (8, 0) and torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", f"auto: bf16, native on {name} ({cc})"
+        if capability >= (7, 0):
+            return "fp16", f"auto: fp16 with a gradient scaler, {name} ({cc}) has no native bf16"
+        return "fp32", f"auto: fp32, {name} ({cc}) has neither native bf16 nor fast fp16"
     if device.type == "cpu":
         native, evidence = cpu_bf16_native()
-        return native, f"auto: {'bf16, native' if native else 'fp32, bf16 not native'} (CPU {evidence})"
-    return False, f"auto: fp32 on {device.type}"
+        return ("bf16" if native else "fp32"), f"auto: {'bf16, native' if native else 'fp32, bf16 not native'} (CPU {evidence})"
+    return "fp32", f"auto: fp32 on {device.type}"
+
+
+def set_tf32(precision: str) -> None:
+    """fp32 means fp32: cuDNN's convolutions otherwise run in TF32 on Ampere and later by default."""
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-# Compiling ResNet-20 for the CPU takes 30-50 s (ResNet-110: about 100 s) once per machine (inductor
-# caches it), then trains 1.29x faster in bf16 on AMX/AVX512-BF16 cores (2 threads; 1.32x at one) and
-# 1.21x in fp32 capped to AVX2 (1.13x at one), measured on an idle 2-core Xeon. It pays back after
-# about 1,000 iterations; below this a run stays eager.
+# Compiling for the CPU takes tens of seconds per net once per machine (inductor caches it), then trains
+# faster in bf16 and fp32 alike (README, "Speed"); a run this short would not repay the compile.
 CPU_COMPILE_MIN_ITERATIONS = 2000
 CPU_COMPILERS = ("g++", "clang++", "c++")  # inductor writes C++ kernels for the CPU
 
@@ -89,11 +119,10 @@ def cpu_compiler() -> str | None:
 
 def compile_mode(value, device: torch.device, graphs: bool = False,
                  iterations: int | None = None) -> tuple[str | None, str]:
-    """`train.compile`: true/false, a torch.compile mode, or auto; returns (mode or None for eager, why).
-    auto on CUDA: on, as CUDA graphs (reduce-overhead) where `graphs`; a small CIFAR net on one GPU is
-    bound by kernel launches: ResNet-20 on an H200 trained 34.0k images/s with CUDA graphs, 11.8k with
-    the default mode. auto on CPU: the default mode for runs of `CPU_COMPILE_MIN_ITERATIONS` or more
-    where a C++ compiler is installed, else eager."""
+    """`engine.compile`: true/false, a torch.compile mode, or auto; returns (mode or None for eager, why).
+    auto on CUDA: on, as CUDA graphs (reduce-overhead) where `graphs`: a small CIFAR net on one GPU is
+    bound by kernel launches, which graphs remove. auto on CPU: the default mode for runs of
+    `CPU_COMPILE_MIN_ITERATIONS` or more where a C++ compiler is installed, else eager."""
     if value == "auto":
         if device.type == "cuda":
             mode = "reduce-overhead" if graphs else "default"
@@ -107,10 +136,10 @@ def compile_mode(value, device: torch.device, graphs: bool = False,
             return None, f"auto: eager, no C++ compiler ({', '.join(CPU_COMPILERS)} or $CXX) for torch.compile"
         return "default", f"auto: default on CPU with {compiler}"
     if isinstance(value, bool):
-        return ("default" if value else None), f"train.compile={str(value).lower()}"
+        return ("default" if value else None), f"engine.compile={str(value).lower()}"
     if value not in COMPILE_MODES:
-        raise UserError(f"train.compile={value!r}: use auto, true, false or one of {', '.join(COMPILE_MODES)}")
-    return value, f"train.compile={value}"
+        raise UserError(f"engine.compile={value!r}: use auto, true, false or one of {', '.join(COMPILE_MODES)}")
+    return value, f"engine.compile={value}"
 
 
 def is_main_process() -> bool:
@@ -126,20 +155,23 @@ def select_device(name: str) -> torch.device:
     except RuntimeError:
         raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA GPU is visible; use device=cpu or device=auto")
+        raise UserError(f"engine.device={name} but no CUDA GPU is visible; use engine.device=cpu or engine.device=auto")
     return device
 
 
-def eval_engine(device: str) -> Engine:
-    """One process scoring saved models (`eval`, ensembles): automatic precision, channels_last, eager."""
+def eval_engine(device: str, precision: str = "auto") -> Engine:
+    """One process scoring saved models (`eval`, ensembles): the given precision, channels_last, eager."""
     dev = select_device(device)
-    amp, reason = choose_amp("auto", dev)
-    return Engine(device=dev, amp=amp, amp_reason=reason, channels_last=True, compile=None)
+    precision, reason = choose_precision(precision, dev)
+    set_tf32(precision)
+    return Engine(device=dev, precision=precision, precision_reason=reason, channels_last=True, compile=None)
 
 
 def setup_engine(cfg: DictConfig) -> Engine:
+    """The engine of a run's config (`engine.*`): device, ranks, threads, precision, memory format, compile."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = select_device(cfg.device)
+    e = cfg.engine
+    device = select_device(e.device)
     cpu_group = None
     if world > 1:
         if device.type == "cuda":
@@ -148,24 +180,21 @@ def setup_engine(cfg: DictConfig) -> Engine:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
-    t = cfg.train
     if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(t.threads))
+        torch.set_num_threads(cpu_threads(e.threads))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    # CPU defaults, measured for ResNet-20 at batch 128, one thread: on AMX/AVX512-BF16 cores bf16 is
-    # 1.7x fp32 (738 vs 439 images/s) at the same test error (27.1% vs 27.7% after 1.5k iterations);
-    # on AVX2 it is 10x slower, hence `choose_amp`. channels_last adds 10-20% to both. torch.compile: see
-    # `compile_mode`. All cores are fastest on an idle machine, but 4-8x slower than one thread while
-    # another process keeps a core busy: `cpu_threads`.
-    amp, amp_reason = choose_amp(t.amp, device)
-    mode, compile_reason = compile_mode(t.compile, device, graphs=cfg.data.family == "cifar" and world == 1,
-                                        iterations=int(t.iterations))
+    # The defaults' measured effects (bf16 against fp32 per CPU, channels_last, compile, threads on a
+    # shared machine) are in the README and results/bench.csv.
+    precision, precision_reason = choose_precision(e.precision, device)
+    set_tf32(precision)
+    mode, compile_reason = compile_mode(e.compile, device, graphs=cfg.data.family == "cifar" and world == 1,
+                                        iterations=int(cfg.train.iterations))
     return Engine(
         device=device,
-        amp=amp,
-        amp_reason=amp_reason,
-        channels_last=True if t.channels_last == "auto" else bool(t.channels_last),
+        precision=precision,
+        precision_reason=precision_reason,
+        channels_last=True if e.channels_last == "auto" else bool(e.channels_last),
         compile=mode,
         compile_reason=compile_reason,
         rank=rank,

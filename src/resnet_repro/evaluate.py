@@ -18,29 +18,35 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import config_dir, data_root, expand_runs, runs_root
-from .data import build_data
+from .cifar import build_cifar
+from .config import compose_experiment, data_root, expand_runs, runs_root
 from .engine import Engine, eval_engine, setup_engine
 from .errors import UserError
 from .hardware import device_name
-from .imagenet import ImageFiles, TestLoader, find_split, list_images, load_splits, mean_normalize, setting
+from .imagenet import ImageFiles, TestLoader, decode_workers, find_split, list_images, load_splits, mean_normalize
 from .imagenet_transforms import sizes_from_config, torchvision_normalize
 from .models import build_model, from_torchvision
 from .results import TEST_PROTOCOLS, RunDir, Summary, git_commit, now
-from .train import measure_responses, top_k_wrong, view_scores
+from .scoring import measure_responses, top_k_wrong, view_scores
+from .steppers import Scorer
 
 
 @dataclass
-class Member:
-    """A model to evaluate and the data settings it was trained with."""
+class SavedModel:
+    """A model to evaluate and the config it was trained with (its data and engine settings)."""
 
     name: str
     model: nn.Module
-    data_cfg: DictConfig
+    cfg: DictConfig
     torchvision: bool  # torchvision normalisation and ImageNet-1k label indices
 
 
-def load_member(path: Path) -> Member:
+def _torchvision_config() -> DictConfig:
+    """The data and engine settings of our ImageNet runs, for weights that come without a config."""
+    return compose_experiment("table3")
+
+
+def load_saved(path: Path) -> SavedModel:
     """A run directory or its checkpoint.pt (config.yaml beside it), or a torchvision ResNet
     state_dict (.pth)."""
     path = Path(path)
@@ -57,13 +63,13 @@ def load_member(path: Path) -> Member:
             raise UserError(f"{ckpt} is a CIFAR-10 run; `eval` is for ImageNet-style runs")
         model = build_model(cfg.model, state["model"]["fc.weight"].shape[0])
         model.load_state_dict(state["model"])
-        return Member(cfg.run.get("id", ckpt.parent.name), model, cfg.data, False)
+        return SavedModel(cfg.run.get("id", ckpt.parent.name), model, cfg, False)
     if isinstance(state, dict) and "fc.weight" in state and "layer1.0.conv1.weight" in state:
         try:
             model = from_torchvision(state)
         except (ValueError, RuntimeError) as e:
             raise UserError(f"{ckpt}: {e}")
-        return Member(ckpt.stem, model, OmegaConf.load(config_dir() / "data" / "imagenet.yaml"), True)
+        return SavedModel(ckpt.stem, model, _torchvision_config(), True)
     raise UserError(f"{ckpt} is neither a resnet-repro checkpoint (with config.yaml beside it) nor a "
                     f"torchvision ResNet state_dict")
 
@@ -85,13 +91,15 @@ def imagenet_label_map(val: ImageFiles) -> torch.Tensor | None:
                     f"(wnid, ImageNet index) beside it to map them for torchvision weights")
 
 
-def member_loader(member: Member, protocol: str, data_dir: Path | None, engine: Engine, batch_size: int,
-                  workers: int | None) -> tuple[TestLoader, torch.Tensor | None]:
-    """The validation batches a member is scored on, and the label map its outputs need (if any)."""
-    d = member.data_cfg.copy()
-    root = data_root(str(data_dir) if data_dir else d.get("root"))
+def saved_loader(member: SavedModel, protocol: str, data_dir: Path | None, engine: Engine, batch_size: int,
+                 workers: int | None) -> tuple[TestLoader, torch.Tensor | None]:
+    """The validation batches a saved model is scored on, and the label map its outputs need (if any)."""
+    cfg = member.cfg
+    d = cfg.data
+    root = data_root(str(data_dir) if data_dir else cfg.get("data_dir") or d.get("root"))  # data.root: runs of older versions
     sizes = sizes_from_config(d)
-    workers = int(setting(d, "workers")) if workers is None else workers
+    if workers is None:
+        workers = decode_workers(cfg) if "engine" in cfg else int(d.tiny.workers if d.sample else d.workers)
     if member.torchvision:
         if root is None:
             raise UserError("pass --data-dir: the folder holding val/ (ImageFolder layout)")
@@ -109,7 +117,7 @@ def collect_scores(model: nn.Module, loader: TestLoader, engine: Engine, label_m
     model.eval()
     scores = labels = None
     for views, _, idx in loader.indexed():
-        s = view_scores(model, views, engine)
+        s = view_scores(Scorer(model, engine), views, engine)[:, 0]
         if scores is None:
             scores = torch.zeros(len(loader.files), s.shape[1])
             labels = torch.tensor(loader.files.labels)
@@ -121,7 +129,7 @@ def collect_scores(model: nn.Module, loader: TestLoader, engine: Engine, label_m
 
 def errors(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Top-1 and top-5 error (%)."""
-    wrong1, wrong5 = top_k_wrong(scores, labels).tolist()
+    wrong1, wrong5 = top_k_wrong(scores[:, None], labels)[0].tolist()
     return 100 * wrong1 / len(labels), 100 * wrong5 / len(labels)
 
 
@@ -136,9 +144,9 @@ def ensemble_eval(paths: Sequence[Path], protocol: str = "10crop", data_dir: Pat
     engine = eval_engine(device)
     total, labels, names = None, None, []
     for path in paths:
-        member = load_member(Path(path))
+        member = load_saved(Path(path))
         model = member.model.to(engine.device).to(memory_format=torch.channels_last)
-        loader, label_map = member_loader(member, protocol, data_dir, engine, batch_size, workers)
+        loader, label_map = saved_loader(member, protocol, data_dir, engine, batch_size, workers)
         scores, y = collect_scores(model, loader, engine, label_map)
         if labels is not None and (len(y) != len(labels) or not torch.equal(y, labels)):
             raise UserError(f"{path} was tested on other images than {paths[0]}; ensemble members need one val set")
@@ -146,7 +154,8 @@ def ensemble_eval(paths: Sequence[Path], protocol: str = "10crop", data_dir: Pat
         names.append(member.name)
     top1, top5 = errors(total / len(paths), labels)
     return {"members": names, "protocol": protocol, "images": len(labels), "top1_error": top1, "top5_error": top5,
-            "device": device_name(engine.device), "amp": engine.amp, "amp_reason": engine.amp_reason}
+            "device": device_name(engine.device), "amp": engine.amp, "precision": engine.precision,
+            "amp_reason": engine.precision_reason}
 
 
 def evaluate_checkpoint(path: Path, protocol: str = "10crop", data_dir: Path | None = None, device: str = "auto",
@@ -168,27 +177,28 @@ def run_ensemble(cfg: DictConfig) -> Path:
     summaries = [m.read_summary() for m in members]
     protocol = cfg.experiment.ensemble.protocol
     started, start = now(), time.perf_counter()
-    result = ensemble_eval([m.path for m in members], protocol, data_root(cfg.data.root), cfg.device,
-                           int(cfg.train.eval_batch_size))
+    result = ensemble_eval([m.path for m in members], protocol, data_root(cfg.data_dir), cfg.engine.device,
+                           int(cfg.engine.eval_batch_size))
     run = RunDir(root / cfg.profile.name / f"ensemble-{cfg.experiment.name}")
     run.write_summary(Summary(
         run_id=run.path.name, experiment=cfg.experiment.name, status="finished", ensemble=True,
         profile=cfg.profile.name, profile_label=cfg.profile.label,
-        full_schedule=all(s.full_schedule for s in summaries), dataset=summaries[0].dataset, test_split="val",
+        full_schedule=all(s.full_schedule for s in summaries), dataset=summaries[0].dataset,
+        data=summaries[0].data, test_split="val",
         train_images=summaries[0].train_images,
         model={"family": "imagenet", "arch": "ensemble", "depth": None, "shortcut": "",
                "name": cfg.experiment.ensemble.get("name", "ensemble")},
         members=result["members"], params=sum(s.params or 0 for s in summaries), seed=int(cfg.seed),
         eval_protocol=protocol, images=result["images"], final_test_error=result["top1_error"],
         final_test_top5_error=result["top5_error"], device=result["device"], amp=result["amp"],
-        amp_reason=result["amp_reason"], git_commit=git_commit(), torch=torch.__version__, started=started,
+        precision=result["precision"], amp_reason=result["amp_reason"], git_commit=git_commit(), torch=torch.__version__, started=started,
         finished=now(), wall_s=time.perf_counter() - start,
     ))
     return run.summary_file
 
 
 def analyze_responses(run_path: Path, device: str = "auto", data_dir: Path | None = None) -> Path:
-    """Fig. 7 for a finished or checkpointed run: std of each 3x3 layer's response on its test set."""
+    """Fig. 7 for a finished or checkpointed CIFAR-10 run: std of each 3x3 layer's response on its test set."""
     run = RunDir(run_path)
     if not run.config.exists():
         raise UserError(f"{run_path} is not a run directory (no config.yaml)")
@@ -196,12 +206,14 @@ def analyze_responses(run_path: Path, device: str = "auto", data_dir: Path | Non
     if state is None:
         raise UserError(f"{run_path} has no checkpoint.pt to analyse; re-run its experiment to produce one")
     cfg = OmegaConf.load(run.config)
-    cfg.device = device
+    if cfg.data.family != "cifar":
+        raise UserError(f"{run_path} is not a CIFAR-10 run: Fig. 7's responses are a CIFAR-10 analysis")
+    cfg.engine.device = device
     if data_dir is not None:
-        cfg.data.root = str(data_dir)
+        cfg.data_dir = str(data_dir)
     engine = setup_engine(cfg)
-    data = build_data(cfg, engine, int(cfg.seed))
+    data = build_cifar(cfg, engine)
     model = build_model(cfg.model, data.num_classes).to(engine.device)
     model.load_state_dict(state["model"])
-    run.write_responses(measure_responses(model, data.test, engine))
+    run.write_responses(measure_responses(Scorer(model, engine), data.test, engine)[0])
     return run.responses

@@ -1,7 +1,7 @@
 """What the machine is: the CPU's model and whether it runs bf16 natively, the device's name.
 
 Every CPU figure depends on the bf16 question: where bf16 is only emulated (AVX2 CPUs), bf16
-autocast trains ResNet-20 10x slower than fp32, so `train.amp: auto` asks here.
+autocast trains ResNet-20 10x slower than fp32, so `engine.precision: auto` asks here.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def busy_cores(sample_s: float = 0.2) -> int:
 
 
 def cpu_threads(setting) -> int:
-    """`train.threads`: a number, or auto = the cores this process may use that other processes are not
+    """`engine.threads`: a number, or auto = the cores this process may use that other processes are not
     keeping busy, at least one. OpenMP threads wait on each other: on 2 cores with another job running,
     2 threads trained ResNet-20 4-8x slower than 1, while on an idle machine 2 are 1.7x faster than 1."""
     if setting != "auto":

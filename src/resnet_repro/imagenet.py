@@ -2,7 +2,7 @@
 loaders a run and `eval` read (the transforms themselves are in imagenet_transforms).
 
 Two pipelines give the same batches for a seed. CPU decoding: DataLoader workers decode
-(torchvision.io), scale, crop and flip to uint8. Device decoding (`data.decode`, auto = on a GPU with
+(torchvision.io), scale, crop and flip to uint8. Device decoding (`engine.decode`, auto = on a GPU with
 nvJPEG): workers only read file bytes, and the GPU decodes whole batches and does the geometry. Either
 way the device does the float work (mean, lighting) on whole batches. Every random choice for image i
 of epoch e is drawn from (seed, e, i) and the order from (seed, e), so a resumed run, any number of
@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg, read_file
 
 from .config import DECODES, data_root
+from .data import Data, epoch_generator
 from .errors import UserError
 from .hardware import usable_cores
 from .imagenet_transforms import (Normalize, Sizes, augment, image_rng, lighting_shift, resized_dims,
                                   sizes_from_config, test_views)
-from .loader import Data, epoch_generator
-from .results import TEST_PROTOCOLS, atomic_write_bytes
+from .results import TEST_PROTOCOLS, DataId, atomic_write_bytes
 
 # torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec (not a dependency here);
 # they still work and are fast, and the warning would otherwise come once per decoded image.
@@ -138,15 +138,15 @@ def nvjpeg_works(device: torch.device) -> bool:
 
 
 def decodes_on_device(setting: str, device: torch.device) -> bool:
-    """`data.decode`: cpu (workers decode), gpu (nvJPEG on the training GPU), or auto (gpu where it works)."""
+    """`engine.decode`: cpu (workers decode), gpu (nvJPEG on the training GPU), or auto (gpu where it works)."""
     if setting not in DECODES:
-        raise UserError(f"data.decode={setting}: choose one of {', '.join(DECODES)}")
+        raise UserError(f"engine.decode={setting}: choose one of {', '.join(DECODES)}")
     if setting == "cpu":
         return False
     works = nvjpeg_works(device)
     if setting == "gpu" and not works:
         why = "this run trains on the CPU" if device.type != "cuda" else "nvJPEG decoding failed on this GPU"
-        raise UserError(f"data.decode=gpu: {why}; use data.decode=auto or data.decode=cpu")
+        raise UserError(f"engine.decode=gpu: {why}; use engine.decode=auto or engine.decode=cpu")
     return works
 
 
@@ -222,7 +222,7 @@ def _byte_batch(items: list) -> tuple[torch.Tensor, list[int], torch.Tensor, lis
 
 
 class FolderLoader:
-    """Training batches from an ImageFolder split, with the protocol of data.TensorImageLoader:
+    """Training batches from an ImageFolder split, with the protocol of data.py (as cifar.TensorImageLoader):
     `len()` batches per epoch and `epoch(e, start_batch)` yielding normalised (images, labels) on
     the device. Under DDP each rank takes every `world`-th image of the same global batch.
     `decode_on_device`: workers read bytes, the device decodes and augments (nvJPEG on a GPU)."""
@@ -233,6 +233,11 @@ class FolderLoader:
         self.files, self.sizes, self.normalize = files, sizes, normalize
         self.batch_size, self.device, self.seed, self.lighting_std = batch_size, device, seed, lighting_std
         self.workers, self.rank, self.world, self.decode_on_device = workers, rank, world, decode_on_device
+
+    def with_seed(self, seed: int) -> FolderLoader:
+        """The same files and settings under another seed: another run's batches."""
+        return FolderLoader(self.files, self.sizes, self.normalize, self.batch_size, self.device, seed,
+                            self.lighting_std, self.workers, self.rank, self.world, self.decode_on_device)
 
     def __len__(self) -> int:
         return max(1, len(self.files) // self.batch_size)  # a split smaller than a batch gives one short batch
@@ -378,6 +383,11 @@ def setting(data_cfg: DictConfig, key: str):
     return data_cfg.tiny[key] if data_cfg.sample and key in data_cfg.tiny else data_cfg[key]
 
 
+def decode_workers(cfg: DictConfig) -> int:
+    """`engine.workers`, or none for the tiny sample of a smoke run (`data.tiny.workers`)."""
+    return int(cfg.data.tiny.workers if cfg.data.sample else cfg.engine.workers)
+
+
 def mean_normalize(data_cfg: DictConfig, train_files: ImageFiles, sizes: Sizes, workers: int,
                    device: torch.device) -> Normalize:
     """Normalisation by the training split's mean image (or colour), as `data.mean` says (cached)."""
@@ -385,28 +395,28 @@ def mean_normalize(data_cfg: DictConfig, train_files: ImageFiles, sizes: Sizes, 
     return Normalize(mean_for(train_files, sizes, data_cfg.mean, count, workers), device)
 
 
-def build_imagenet(cfg: DictConfig, engine, seed: int) -> Data:
-    """Loaders for an ImageNet-style run (called by data.build_data)."""
-    d, t = cfg.data, cfg.train
+def build_imagenet(cfg: DictConfig, engine, seed: int = 0) -> Data:
+    """Loaders for an ImageNet-style run, the training loader under `seed` (runner.build_data calls it)."""
+    d = cfg.data
     if cfg.model.family != "imagenet":
         raise UserError(f"data {d.name} needs an ImageNet model (family imagenet); profile=proxy and "
                         f"data=imagenette are for the ImageNet experiments (table2, table3, table4, fig4)")
     sizes = sizes_from_config(d)
-    train_files, val_files = load_splits(d, data_root(d.root))
-    workers = int(setting(d, "workers"))
+    train_files, val_files = load_splits(d, data_root(cfg.data_dir))
+    workers = decode_workers(cfg)
     normalize = mean_normalize(d, train_files, sizes, workers, engine.device)
-    on_device = decodes_on_device(str(d.get("decode", "auto")), engine.device)
-    train = FolderLoader(train_files, sizes, normalize, int(t.batch_size), engine.device, seed,
+    on_device = decodes_on_device(str(cfg.engine.get("decode", "auto")), engine.device)
+    train = FolderLoader(train_files, sizes, normalize, int(cfg.train.batch_size), engine.device, seed,
                          float(d.lighting_std), workers, engine.rank, engine.world, on_device)
 
     def test_loader(protocol: str) -> TestLoader:
-        return TestLoader(val_files, sizes, protocol, normalize, int(t.eval_batch_size), engine.device, workers,
-                          engine.rank, engine.world, on_device)
+        return TestLoader(val_files, sizes, protocol, normalize, int(cfg.engine.eval_batch_size), engine.device,
+                          workers, engine.rank, engine.world, on_device)
 
     test = test_loader(d.eval_protocol)
     finals = {p: test if p == d.eval_protocol else test_loader(p) for p in d.get("final_protocols", [])}
-    name = f"{d.name}_sample" if d.sample else d.name
+    dataset = DataId(d.name, "_".join(part for part in (d.get("subset"), "sample" if d.sample else "") if part))
     pipeline = (f"nvJPEG decode + augmentation on the GPU, {workers} workers reading files" if on_device
                 else f"decode + geometry in {workers} CPU workers, mean and lighting on the device")
-    return Data(train, test, len(train_files.classes), sizes.crop, name, "val", len(train_files), final_tests=finals,
-                pipeline=pipeline)
+    return Data(train, test, len(train_files.classes), sizes.crop, dataset, "val", len(train_files),
+                final_tests=finals, pipeline=pipeline)

@@ -5,7 +5,7 @@ is `@hydra.main` instead, so `-m` hands a grid to a Hydra launcher that starts o
 the basic launcher locally (one after another), the submitit plugin as SLURM jobs:
 
     python -m resnet_repro.launch -m hydra/launcher=slurm model.arch=plain,resnet model.n=3,5,7 \
-        seed=0,1,2 profile=paper data.root=/data results_dir=$PWD/results
+        seed=0,1,2 profile=paper data_dir=/data results_dir=$PWD/results
 
 Each job composes the same config tree (experiment=custom unless given) and trains through the same
 runner as the CLI, so run ids, run directories, resume and skip-if-finished are identical. When
@@ -67,7 +67,7 @@ def train_one(cfg: DictConfig, overrides: list[str]) -> Summary:
         if is_main_process():
             log.info(f"{run_cfg.run.id}: {status} ({run.path})")
 
-    def on_row(row):
+    def on_row(run_cfg, row):
         err = row.get("test_error")
         log.info(f"iteration {row['iteration']}: lr {row['lr']:g} train {row['train_error']:.2f}%"
                  + (f" test {err:.2f}%" if err is not None else "") + f" {row['images_per_s']:.0f} img/s")

@@ -21,23 +21,27 @@ Every packed tensor has the members along dim 0, member-major: a conv weight is 
 
 Supported: CIFAR nets (`build_model` with family cifar, BasicBlock) whose members share n and
 num_classes, each with shortcut "A" or "none". Options B and C (projection shortcuts) are not packed.
+`plan_packs` groups the runs of one command into packs (`engine.pack`); steppers.Packed trains one.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
 from torch.optim.sgd import sgd
 
+from .errors import UserError
 from .models import CIFAR_WIDTHS, BasicBlock, PadShortcut, ResNet
 
 __all__ = [
-    "PackedCifarResNet", "PackedLoader", "PackedSGD", "evaluate_members", "measure_member_responses",
-    "member_state_dict", "packed_loss_and_errors", "packed_state_dict", "replicate",
+    "AUTO_PACK_CUDA", "PackedCifarResNet", "PackedLoader", "PackedSGD", "member_state_dict", "pack_size",
+    "packed_loss_and_errors", "packed_state_dict", "plan_packs", "replicate", "split_by_iteration",
 ]
 
 
@@ -293,24 +297,14 @@ def replicate(x: torch.Tensor, members: int) -> torch.Tensor:
 
 
 class PackedLoader:
-    """K loaders of the same images with different seeds, zipped: batches (N, K*3, H, W) with member
-    k's own batch in channels [3k, 3k+3), labels (N, K). Same protocol as the CIFAR `TensorImageLoader`."""
+    """K loaders of the same images with different seeds (`loader.with_seed`, sharing the images), zipped:
+    batches (N, K*3, H, W) with member k's own batch in channels [3k, 3k+3), labels (N, K). Same protocol
+    as the CIFAR `TensorImageLoader`."""
 
     def __init__(self, loaders: Sequence):
         if not loaders or len({len(lo) for lo in loaders}) != 1:
             raise ValueError("a packed loader needs loaders with the same number of batches")
         self.loaders = list(loaders)
-
-    @classmethod
-    def from_seeds(cls, loader, seeds: Sequence[int]) -> PackedLoader:
-        """Copies of one TensorImageLoader with other seeds that share its image tensor (one copy
-        of the padded training set in memory instead of K)."""
-        copies = []
-        for seed in seeds:
-            copy = object.__new__(type(loader))
-            copy.__dict__.update(loader.__dict__, seed=int(seed))
-            copies.append(copy)
-        return cls(copies)
 
     def __len__(self) -> int:
         return len(self.loaders[0])
@@ -334,52 +328,65 @@ def packed_loss_and_errors(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch
     return per_member.sum(), torch.stack([per_member.detach() * n, wrong, n], 1)
 
 
-@torch.inference_mode()
-def evaluate_members(packed: PackedCifarResNet, loader, engine) -> list[tuple[float, float]]:
-    """`train.evaluate` for every member at once on a shared (unpacked) test loader:
-    [(top-1 %, top-5 %)] per member."""
-    was_training = packed.training
-    packed.eval()
-    counts = torch.zeros(packed.members, 3, device=engine.device)
-    for views, y in loader:
-        views = views if isinstance(views, (list, tuple)) else [views]
-        with engine.autocast():
-            scores = sum(F.softmax(packed(engine.prepare(replicate(v, packed.members))).float(), 2)
-                         for v in views) / len(views)
-        top5 = scores.topk(min(5, packed.num_classes), 2).indices  # (N, K, 5)
-        wrong1 = (top5[..., 0] != y[:, None]).sum(0)
-        wrong5 = (top5 != y[:, None, None]).all(2).sum(0)
-        counts += torch.stack([wrong1, wrong5, wrong1.new_full(wrong1.shape, y.shape[0])], 1)
-    packed.train(was_training)
-    if engine.world > 1:
-        dist.all_reduce(counts)
-    return [(100 * w1 / n, 100 * w5 / n) for w1, w5, n in counts.tolist()]
+# ------------------------------------------------------------------------------------------ planning
+
+# `engine.pack: auto` on CUDA: runs per pack by depth, NOT measured yet. On a CPU packing is slower
+# (results/bench.csv, `bench --pack`): a CPU is compute-bound and grouped convs gain nothing there.
+AUTO_PACK_CUDA = ((9, 8), (18, 4))  # (largest n, pack size); deeper nets train solo
 
 
-@torch.inference_mode()
-def measure_member_responses(packed: PackedCifarResNet, loader, engine) -> list[list[float]]:
-    """`train.measure_responses` for every member on a shared (unpacked) test loader: per member,
-    the std of each 3x3 layer's BN output over all its elements over the test set (Fig. 7)."""
-    was_training = packed.training
-    packed.eval()
-    k = packed.members
-    outputs: list[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in packed.response_layers()]
-    sums = None
-    try:
-        for views, _ in loader:
-            outputs.clear()
-            with engine.autocast():
-                packed(engine.prepare(replicate(views, k)))
-            moments = torch.stack([torch.stack([o.new_full((k,), o.numel() // k), o.sum((0, 2, 3, 4)),
-                                                o.pow(2).sum((0, 2, 3, 4))], 1)
-                                   for o in (o.double().unflatten(1, (k, -1)) for o in outputs)])  # (layers, K, 3)
-            sums = moments if sums is None else sums + moments
-    finally:
-        for h in handles:
-            h.remove()
-        packed.train(was_training)
-    if engine.world > 1:
-        dist.all_reduce(sums)
-    n, s, ss = sums.cpu().unbind(2)
-    return (ss / n - (s / n) ** 2).clamp_min(0).sqrt().T.tolist()
+def pack_size(value, device: torch.device, n: int) -> int:
+    """`engine.pack`: a whole number >= 1, or auto (1 on CPU; `AUTO_PACK_CUDA` on a GPU)."""
+    if value == "auto":
+        if device.type != "cuda":
+            return 1
+        return next((size for largest, size in AUTO_PACK_CUDA if n <= largest), 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"engine.pack={value!r}: use a whole number >= 1 (1 = no packing) or auto")
+    return value
+
+
+def packable(cfg: DictConfig, engine) -> bool:
+    """CIFAR nets with option A or no shortcut, in one process, without BN groups or fp16's gradient
+    scaler, can be packed."""
+    m = cfg.model
+    return (cfg.data.family == "cifar" and m.family == "cifar" and engine.world == 1 and engine.precision != "fp16"
+            and m.get("bn_group") is None and (m.arch == "plain" or m.get("shortcut") == "A"))
+
+
+def pack_key(cfg: DictConfig) -> str:
+    """What members of one pack share: the whole config but the seed, the arch and the run's names."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    del c["seed"], c["run"]
+    c["model"].pop("arch", None)
+    return json.dumps(c, sort_keys=True, default=str)
+
+
+def plan_packs(runs: Sequence[DictConfig], engine) -> list[list[DictConfig]]:
+    """The runs in packs of at most `engine.pack` that agree in everything but seed and arch, in the
+    order of their first run; a run that cannot be packed is a pack of one."""
+    packs: list[list[DictConfig]] = []
+    open_packs: dict[str, list[DictConfig]] = {}
+    for cfg in runs:
+        size = pack_size(cfg.engine.get("pack", 1), engine.device, (int(cfg.run.depth) - 2) // 6)
+        if size == 1 or not packable(cfg, engine):
+            packs.append([cfg])
+            continue
+        key = pack_key(cfg)
+        pack = open_packs.get(key)
+        if pack is None or len(pack) >= size:
+            pack = open_packs[key] = []
+            packs.append(pack)
+        pack.append(cfg)
+    return packs
+
+
+def split_by_iteration(members: list, iterations: list[int]) -> list[list]:
+    """Members resume together only from the same iteration (their checkpoints'): the largest group that
+    agrees is the pack (one file can be a step behind if a process died between the members' checkpoint
+    saves), each other member trains solo."""
+    if len(members) < 2:
+        return [members] if members else []
+    common = Counter(iterations).most_common(1)[0][0]
+    return ([[m for m, i in zip(members, iterations) if i == common]]
+            + [[m] for m, i in zip(members, iterations) if i != common])

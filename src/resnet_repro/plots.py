@@ -21,12 +21,11 @@ import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global figure registry, no backend to choose
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from .claims import keeps_recipe
 from .config import make_dir, net_command, run_command
 from .paper import CIFAR_DEPTHS
-from .results import (FULL_DATASETS, RunDir, Unreadable, atomic_write_bytes, dataset_text, load_runs, rank_profiles,
-                      read_run_metrics, schedule_text)
-from .spec import ModelSpec
+from .results import RunDir, Unreadable, atomic_write_bytes, read_run_metrics
+from .runs import dataset_text, load_runs, rank_profiles, ranked_runs, schedule_text
+from .spec import ModelSpec, pretty
 
 # The data and the schedule go on the title's second line (`_setting`), from the runs drawn.
 FIGURES = {
@@ -138,10 +137,9 @@ def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | Non
 
 
 def select_runs(runs: pd.DataFrame, models: list[str], profile: str | None = None, load=load_metrics):
-    """One run per net with something to draw: best profile first (results.rank_profiles), then finished
-    before unfinished, the paper's recipe before other variants, the original pixels before a lossy
-    copy or a sample, an untagged run before a precision control, lowest seed. A run
-    whose files cannot be read is left out, with a note. Returns ({net: run}, {net: its data}, notes)."""
+    """One run per net with something to draw, the first in `runs.ranked_runs`' order (the run tables and
+    claims put first). A run whose files cannot be read is left out, with a note. Returns ({net: run},
+    {net: its data}, notes)."""
     pool = runs[runs.model.isin(models)]
     if profile:
         pool = pool[pool.profile == profile]
@@ -154,24 +152,19 @@ def select_runs(runs: pd.DataFrame, models: list[str], profile: str | None = Non
         except Unreadable as e:
             left_out.append(f"{r.profile}/{r.run_id} left out: {e.path.name} {e.why}")
     pool = pool.loc[list(loaded)]
-    usable = pool[[not loaded[i].empty for i in pool.index]]
-    ranked = rank_profiles(usable)
+    usable = ranked_runs(pool.loc[[i for i in pool.index if not loaded[i].empty]])
     picked, data, notes = {}, {}, []
     for model in models:
-        for p in ranked:
-            sub = usable[(usable.model == model) & (usable.profile == p)]
-            if sub.empty:
-                continue
-            # as the claims choose: the paper's recipe (a precision control such as -fp32 keeps it),
-            # then the original pixels, then an untagged run
-            sub = sub.assign(_unfinished=sub.status != "finished", _altered=~sub.variant.map(keeps_recipe),
-                             _sample=~sub.dataset.isin(FULL_DATASETS), _tagged=sub.variant != "")
-            run = sub.sort_values(["_unfinished", "_altered", "_sample", "_tagged", "seed"]).iloc[0]
-            picked[model], data[model] = run, loaded[run.name]
-            if len(sub) > 1:
-                seeds = " ".join(str(int(s)) for s in sorted(sub.seed))
-                notes.append(f"{pretty(model)}: {len(sub)} runs in profile `{p}` (seeds {seeds}); drawn: {run.run_id}")
-            break
+        sub = usable[usable.model == model]
+        if sub.empty:
+            continue
+        run = sub.iloc[0]
+        picked[model], data[model] = run, loaded[run.name]
+        same = sub[sub.profile == run.profile]
+        if len(same) > 1:
+            seeds = " ".join(str(int(s)) for s in sorted(same.seed))
+            notes.append(f"{pretty(model)}: {len(same)} runs in profile `{run.profile}` (seeds {seeds}); "
+                         f"drawn: {run.run_id}")
     notes += [f"{r.profile}/{r.run_id} ({r.status}) has nothing to draw yet"
               for r in pool.drop(usable.index).itertuples() if r.model not in picked]
     return picked, data, notes + left_out
@@ -303,16 +296,12 @@ def _color(model: str) -> str:
     return _COLORS.get(str(ModelSpec.parse(model).depth), "k")
 
 
-def pretty(model: str) -> str:
-    return ModelSpec.parse(model).pretty
-
-
 def _label(run, picked) -> str:
     label = pretty(run.model)
     if len({r.profile for r in picked.values()}) > 1:  # say which curve is which schedule
         label += f" [{run.profile}]"
     if len({r.dataset for r in picked.values()}) > 1:  # and which data
-        label += f" [{data_title(run.dataset)}]"
+        label += f" [{run.data_title}]"
     if run.status == "failed":
         return label + " (failed)"
     return label if run.status == "finished" else label + " (partial)"
@@ -329,7 +318,7 @@ def _empty(ax, models: list[str], commands: dict[str, str]) -> None:
 def _setting(picked: dict) -> str:
     """The title's second line: profile, schedule length and data of the runs drawn."""
     schedules = dict.fromkeys(_schedule_title(r) for r in picked.values())
-    datasets = dict.fromkeys(data_title(r.dataset) for r in picked.values())
+    datasets = dict.fromkeys(r.data_title for r in picked.values())
     return f"{' / '.join(schedules)}; data: {' and '.join(datasets)}"
 
 
@@ -337,18 +326,6 @@ def _schedule_title(run) -> str:
     n = run.iterations
     length = "" if pd.isna(n) else f", {n / 1000:g}k iterations" if n >= 1000 else f", {int(n)} iterations"
     return f"profile {run.profile}{length}" + (" (the paper's schedule)" if run.full_schedule else "")
-
-
-_DATA_NAMES = {"cifar10": "CIFAR-10", "imagenet": "ImageNet", "imagenette": "Imagenette"}
-
-
-def data_title(dataset: str) -> str:
-    """'CIFAR-10', 'CIFAR-10 re-encoded as JPEG q90', 'Imagenette 64 px proxy' (results.dataset_note says more)."""
-    family, _, rest = dataset.partition("_")
-    name = _DATA_NAMES.get(family, family)
-    if rest.startswith("jpeg"):  # data.encoding: a lossy copy of every image
-        return f"{name} re-encoded as JPEG q{rest[4:]}"
-    return " ".join([name, *rest.replace("px", " px").split("_")]).strip()
 
 
 def _legend(ax) -> bool:
@@ -392,7 +369,7 @@ def _caption(fig: Figure, title: str, picked: dict, missing: list[str], notes: l
         text = f"{pretty(model)} seed {int(run.seed)}"
         if run.status != "finished":
             text += f" ({run.status}, {_it(run.iterations_done)}/{_it(run.iterations)} iterations)"
-        groups.setdefault((schedule_text(run), dataset_text(run.dataset) or run.dataset), []).append(text)
+        groups.setdefault((schedule_text(run), dataset_text(run) or run.dataset), []).append(text)
     lines = [f"{', '.join(items)}: {schedule}; data {dataset}." for (schedule, dataset), items in groups.items()]
     lines += [f"Not drawn, no data yet: {', '.join(pretty(m) for m in missing)}."] if missing else []
     lines += [f"{n}." for n in notes]

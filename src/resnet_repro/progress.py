@@ -11,7 +11,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from .claims import ERROR_SPREAD, Net, seed_spread
-from .results import finished
+from .runs import finished
 from .tables import cost_basis, fastest_gpu_resnet20, paper_schedule_hours
 
 

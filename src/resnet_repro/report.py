@@ -13,7 +13,8 @@ import pandas as pd
 from .claims import CLAIMS, ERROR_SPREAD, NEAR_CHANCE, NO_DATA, RESPONSE_SPREAD, Claim, judge_by_setting
 from .config import make_dir
 from .progress import progress_section
-from .results import load_runs
+from .results import atomic_write_text
+from .runs import load_runs
 from .tables import read_bench, write_tables
 
 
@@ -54,7 +55,7 @@ def write_readme(runs_dir: Path, results_dir: Path) -> Path:
             lines.append(f"- {statement}:")
             lines += [f"  - {_verdict(c)}. {c.evidence}." for c in claims]
     path = results_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 

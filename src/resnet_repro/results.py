@@ -1,7 +1,7 @@
 """The run-directory format, written and read here only: `<runs_dir>/<profile>/<run_id>/` holds
-`config.yaml`, `metrics.csv`, `summary.json` (a `Summary`), `responses.csv` (Fig. 7) and
-`checkpoint.pt` (not committed). Writes are atomic and a finished run is never rewritten; readers
-name every file they cannot read instead of dropping its run.
+`config.yaml`, `metrics.csv`, `summary.json` (a `Summary`, with the data's `DataId`), `responses.csv`
+(Fig. 7) and `checkpoint.pt` (not committed). Writes are atomic and a finished run is never rewritten;
+readers name every file they cannot read instead of dropping its run. runs.py reads them all into one table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import make_dir
 from .errors import UserError
-from .spec import ModelSpec
 
 METRICS_COLUMNS = ["iteration", "epoch", "lr", "train_loss", "train_error", "test_error",
                    "test_top5_error", "images_per_s", "wall_s"]
@@ -32,6 +31,67 @@ RESPONSES_COLUMNS = ["layer", "std"]
 # How a run's final model can be scored (Sec. 3.4): center crop (Fig. 4's curves), 10-crop (Tables 2, 3),
 # fully-convolutional multi-scale (Table 4); summary.json's `final_eval` is keyed by these.
 TEST_PROTOCOLS = ("center", "10crop", "multiscale")
+
+PAPER_DATA = {"cifar10": "CIFAR-10", "imagenet": "ImageNet"}  # the paper's images, as titles name them
+OTHER_DATA = {"imagenette": "Imagenette"}
+CLASSES = {"cifar10": 10, "imagenet": 1000, "imagenette": 10}
+
+
+@dataclass(frozen=True)
+class DataId:
+    """Which images a run trained and tested on: their `family` (cifar10, imagenet, imagenette), a `subset`
+    or proxy of them ("" for all, "sample", "64px_proxy") and their `encoding` ("original", or a lossy copy
+    such as "jpeg90"). summary.json keeps these fields; `name` is how tables and figures name the data."""
+
+    family: str
+    subset: str = ""
+    encoding: str = "original"
+
+    @property
+    def name(self) -> str:
+        """cifar10, cifar10_sample, cifar10_jpeg90, imagenette_64px_proxy, ..."""
+        lossy = "" if self.encoding == "original" else self.encoding
+        return "_".join(part for part in (self.family, self.subset, lossy) if part)
+
+    @classmethod
+    def from_name(cls, name: str) -> DataId:
+        """The fields of a summary written before they were stored: its `dataset` name read back."""
+        family, _, rest = name.partition("_")
+        if rest.startswith("jpeg"):
+            return cls(family, "", rest)
+        return cls(family, rest)
+
+    @property
+    def paper_images(self) -> bool:
+        """Every image of the paper's data (maybe re-encoded): a gap to the paper compares like with like."""
+        return self.family in PAPER_DATA and not self.subset
+
+    @property
+    def original(self) -> bool:
+        """The paper's data itself: every image, the original pixels."""
+        return self.paper_images and self.encoding == "original"
+
+    @property
+    def rank(self) -> int:
+        """The original first, then a lossy copy of every image, then a subset or a proxy."""
+        return 0 if self.original else 1 if self.paper_images else 2
+
+    @property
+    def note(self) -> str:
+        """How the data differs from the paper's ("" where it does not)."""
+        if self.original:
+            return ""
+        if self.paper_images and self.encoding.startswith("jpeg"):
+            return f"all of {self.family}, re-encoded as JPEG quality {self.encoding[4:]}: not the original pixels"
+        return "not the paper's full data"
+
+    @property
+    def title(self) -> str:
+        """'CIFAR-10', 'CIFAR-10 re-encoded as JPEG q90', 'Imagenette 64 px proxy'."""
+        name = PAPER_DATA.get(self.family) or OTHER_DATA.get(self.family, self.family)
+        if self.encoding.startswith("jpeg"):
+            return f"{name} re-encoded as JPEG q{self.encoding[4:]}"
+        return " ".join([name, *self.subset.replace("px", " px").split("_")]).strip()
 
 
 @dataclass
@@ -45,7 +105,8 @@ class Summary:
     profile: str = ""
     profile_label: str = ""
     full_schedule: bool = False  # the paper's recipe and schedule on the full data
-    dataset: str = ""
+    dataset: str = ""  # the data's name (DataId.name), as tables show it
+    data: dict = field(default_factory=dict)  # the data's DataId fields; `dataset` read back for older summaries
     test_split: str = ""
     train_images: int | None = None
     model: dict = field(default_factory=dict)  # family, arch, depth, shortcut, stride_on, name (ModelSpec)
@@ -55,9 +116,10 @@ class Summary:
     iterations_done: int | None = None
     batch_size: int | None = None
     eval_protocol: str = "single"
-    amp: bool | None = None
-    amp_reason: str = ""
-    compile: str = ""  # the torch.compile mode or eager, and why (train.compile: auto decides)
+    amp: bool | None = None  # autocast on (bf16 or fp16)
+    precision: str = ""  # bf16 | fp16 | tf32 | fp32, as engine.precision chose; "" in summaries before it existed
+    amp_reason: str = ""  # why that precision
+    compile: str = ""  # the torch.compile mode or eager, and why (engine.compile: auto decides)
     wall_s: float = 0.0
     device: str = ""
     world_size: int = 1
@@ -77,11 +139,11 @@ class Summary:
     ensemble: bool = False  # Table 5: averaged scores of `members`, tested on `images` images
     members: list[str] | None = None
     images: int | None = None
-    packed_with: list[str] | None = None  # train.pack: the runs trained beside it in one packed net
-    input_pipeline: str = ""  # ImageNet: CPU-worker or GPU (nvJPEG) decoding, as data.decode chose
+    packed_with: list[str] | None = None  # engine.pack: the runs trained beside it in one packed net
+    input_pipeline: str = ""  # ImageNet: CPU-worker or GPU (nvJPEG) decoding, as engine.decode chose
 
     _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end", "packed_with",
-                         "input_pipeline")
+                         "input_pipeline", "data", "precision")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -97,7 +159,13 @@ class Summary:
         values = {k: v for k, v in d.items() if k in known and v is not None}
         values.setdefault("run_id", run_dir.name)
         values.setdefault("profile", run_dir.parent.name)
+        if not values.get("data") and values.get("dataset"):
+            values["data"] = dataclasses.asdict(DataId.from_name(values["dataset"]))
         return cls(**values)
+
+    @property
+    def data_id(self) -> DataId:
+        return DataId(**self.data) if self.data else DataId(self.dataset)
 
 
 class Unreadable(UserError):
@@ -247,6 +315,11 @@ class RunDir:
         """Fig. 7's responses.csv (layer, std); empty when the run has none."""
         return _read_csv(self.responses, RESPONSES_COLUMNS)
 
+    def checkpoint_iteration(self) -> int:
+        """The iteration the run's checkpoint holds (0 without one)."""
+        state = self.load_checkpoint()
+        return int(state["iteration"]) if state else 0
+
     def load_checkpoint(self) -> dict | None:
         """The checkpoint dict `fit` saved (train.TrainState.to_checkpoint), None if there is none."""
         import torch
@@ -302,131 +375,3 @@ def read_run_metrics(run: RunDir, finished_at: int | None = None) -> pd.DataFram
             ends = "has no rows" if pd.isna(last) else f"ends at iteration {int(last)}"
             raise Unreadable(run.metrics, f"{ends}, but the run finished {int(finished_at)} iterations")
     return metrics
-
-
-# ----------------------------------------------------------------------------------- the runs table
-
-RUN_COLUMNS = ["run_id", "path", "status", "profile", "profile_label", "full_schedule", "dataset", "model", "family",
-               "arch", "depth", "shortcut", "params", "seed", "iterations", "iterations_done", "final_train_error",
-               "final_test_error", "final_test_top5_error", "eval_protocol", "wall_s", "device", "variant",
-               "overrides", "ensemble", "mean_response_std",
-               *(f"final_{p}_{k}" for p in TEST_PROTOCOLS for k in ("error", "top5_error")),
-               "unreadable", "problem"]
-_NUMERIC = ["depth", "params", "seed", "iterations", "iterations_done", "final_train_error", "final_test_error",
-            "final_test_top5_error", "wall_s", "mean_response_std",
-            *(f"final_{p}_{k}" for p in TEST_PROTOCOLS for k in ("error", "top5_error"))]
-
-
-def load_runs(runs_dir: Path) -> pd.DataFrame:
-    """One row per run directory `<runs_dir>/<profile>/<run_id>/`, finished or not. A run whose
-    summary.json cannot be read has status "unreadable"; `unreadable` names the first damaged file of
-    a run ("" if none) and `problem` says what to do."""
-    rows = [_run_row(RunDir(path.parent)) for path in sorted(Path(runs_dir).glob("*/*/summary.json"))]
-    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    runs[_NUMERIC] = runs[_NUMERIC].apply(pd.to_numeric, errors="coerce")
-    return runs.astype({"full_schedule": bool, "ensemble": bool})
-
-
-def unreadable(runs: pd.DataFrame) -> list[str]:
-    """One line per run with a damaged file: the file, what is wrong, what to do."""
-    return runs.problem[runs.unreadable != ""].tolist()
-
-
-def _run_row(run: RunDir) -> dict:
-    problems: list[Unreadable] = []
-    try:
-        s = run.read_summary()
-    except Unreadable as e:
-        problems.append(e)
-        s = None
-    try:
-        done = s is not None and s.status == "finished" and not s.ensemble
-        metrics = read_run_metrics(run, s.iterations_done if done else None)
-    except Unreadable as e:
-        problems.append(e)
-        metrics = pd.DataFrame(columns=METRICS_COLUMNS)
-    try:
-        mean_response_std = run.read_responses()["std"].mean()
-    except Unreadable as e:
-        problems.append(e)
-        mean_response_std = None
-    first = problems[0] if problems else None
-    problem = {"unreadable": first.path.name if first else "", "problem": str(first) if first else ""}
-    if s is None:  # only the folder's names are known: the net from the run id, if it is one of ours
-        return {"run_id": run.path.name, "path": str(run.path), "status": "unreadable",
-                "profile": run.path.parent.name, "profile_label": run.path.parent.name, "full_schedule": False,
-                "dataset": "", **_model_of(run.path.name), "ensemble": False, "eval_protocol": "single",
-                "wall_s": 0.0, "variant": "", "overrides": "", "device": "", **problem}
-    model = s.model or {}
-    final_eval = dict(s.final_eval or {})
-    if s.status == "finished" and s.eval_protocol in TEST_PROTOCOLS:  # the curves' own protocol
-        final_eval.setdefault(s.eval_protocol, {"top1_error": s.final_test_error,
-                                                "top5_error": s.final_test_top5_error})
-    logged = metrics.iteration.max()
-    iterations_done = s.iterations_done
-    if s.status != "finished" and pd.notna(logged):  # a running run rewrites summary.json only when it stops
-        iterations_done = max(iterations_done or 0, int(logged))
-    return {
-        "run_id": s.run_id, "path": str(run.path), "status": s.status, "profile": s.profile,
-        "profile_label": s.profile_label or s.profile, "full_schedule": bool(s.full_schedule), "dataset": s.dataset,
-        "model": model.get("name", ""), "family": model.get("family", ""), "arch": model.get("arch", ""),
-        "depth": model.get("depth"), "shortcut": model.get("shortcut", ""), "params": s.params, "seed": s.seed,
-        "iterations": s.iterations, "iterations_done": iterations_done, "final_train_error": s.final_train_error,
-        "final_test_error": s.final_test_error, "final_test_top5_error": s.final_test_top5_error,
-        "eval_protocol": s.eval_protocol or "single", "wall_s": s.wall_s or 0.0, "device": s.device,
-        "variant": s.variant, "overrides": " ".join(s.overrides), "ensemble": bool(s.ensemble),
-        "mean_response_std": mean_response_std,
-        **{f"final_{p}_{k}": (final_eval.get(p) or {}).get(f"top{n}_error")
-           for p in TEST_PROTOCOLS for k, n in (("error", 1), ("top5_error", 5))},
-        **problem,
-    }
-
-
-def _model_of(run_id: str) -> dict:
-    try:
-        spec = ModelSpec.parse(run_id.split("-seed")[0])
-    except ValueError:
-        return {"model": "", "family": "", "arch": "", "depth": None, "shortcut": ""}
-    return {"model": spec.name, "family": spec.family, "arch": spec.arch, "depth": spec.depth,
-            "shortcut": "none" if spec.arch == "plain" else spec.shortcut}
-
-
-# ------------------------------------------------------------------- what the runs table says of a run
-
-FULL_DATASETS = {"cifar10", "imagenet"}  # anything else is a bundled sample, a proxy or a lossy copy
-
-
-def finished(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs.status == "finished"]
-
-
-def rank_profiles(runs: pd.DataFrame) -> list[str]:
-    """Profiles best first: the paper's schedule on the full data, then the one covering most models,
-    then the one with most runs (ties by name, so the choice is stable)."""
-    if runs.empty:
-        return []
-    g = runs.groupby("profile").agg(full=("full_schedule", "any"), models=("model", "nunique"), n=("run_id", "size"))
-    return list(g.sort_values(["full", "models", "n"], ascending=False, kind="stable").index)
-
-
-def schedule_text(run) -> str:
-    """How a run was trained, never calling a shortened or altered run the paper's."""
-    if run.full_schedule:
-        return run.profile_label
-    if run.variant:
-        return f"{run.profile_label} with overrides ({run.overrides}), not the paper's recipe"
-    return f"{run.profile_label}, not the paper's schedule"
-
-
-def dataset_note(dataset: str) -> str:
-    """How `dataset` differs from the paper's data ("" where it does not)."""
-    if dataset in FULL_DATASETS:
-        return ""
-    family, _, encoding = dataset.partition("_")
-    if family in FULL_DATASETS and encoding.startswith("jpeg"):  # data.encoding: every image, lossy pixels
-        return f"all of {family}, re-encoded as JPEG quality {encoding[4:]}: not the original pixels"
-    return "not the paper's full data"
-
-
-def dataset_text(dataset: str) -> str:
-    return f"{dataset} ({dataset_note(dataset)})" if dataset_note(dataset) else ""

@@ -1,6 +1,7 @@
 """An experiment end to end, the same for the CLI and for launch.py (SLURM): expand it into runs,
-train each run not finished yet (`run_experiment`, sharing data between runs), then, once all have
-trained, Table 5's ensemble and the experiment's tables and figures (`finish`)."""
+train each run not finished yet (`run_experiment`: the data built once and shared, one `train.fit` per
+pack of runs), then, once all have trained, Table 5's ensemble and the experiment's tables and figures
+(`finish`)."""
 
 from __future__ import annotations
 
@@ -11,27 +12,44 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .cifar import build_cifar
 from .config import expand_runs, runs_root
-from .data import build_data
-from .engine import StopFlag, setup_engine
+from .data import Data
+from .engine import Engine, StopFlag, setup_engine
 from .errors import UserError
 from .evaluate import run_ensemble
-from .pack_fit import fit_pack, plan_packs, split_by_iteration
+from .imagenet import build_imagenet
+from .packing import plan_packs, split_by_iteration
 from .plots import FIGURES, FigureResult, plot_figures
 from .results import RunDir, Summary
 from .table1 import write_table1
 from .tables import TABLES, write_tables
+from .train import fit, prepare
+
+
+def build_data(cfg: DictConfig, engine: Engine, seed: int = 0) -> Data:
+    """The loaders for a run's config, on `engine`'s device and, under DDP, its share of each batch; the
+    training loader under `seed` (`loader.with_seed` gives another run's)."""
+    if cfg.data.family == "cifar":
+        return build_cifar(cfg, engine, seed)
+    return build_imagenet(cfg, engine, seed)
+
+
+def data_key(cfg: DictConfig) -> str:
+    """What decides a run's loaders: runs that agree share one `Data`."""
+    return OmegaConf.to_yaml(cfg.data) + f"{cfg.data_dir}/{cfg.train.batch_size}/{cfg.engine.eval_batch_size}"
 
 
 def run_experiment(
     cfg: DictConfig,
     restart: bool = False,
     on_run: Callable[[DictConfig, RunDir, str], None] | None = None,
-    on_row: Callable[[dict], None] | None = None,
+    on_row: Callable[[DictConfig, dict], None] | None = None,
 ) -> list[Summary]:
     """Train each run of `cfg` (skipping finished ones) and return their summaries, in run order.
-    `on_run(run_cfg, run_dir, status)` is told "skip", "busy", "resume" or "start" before each.
-    Under `train.pack` the runs of a pack (pack_fit.plan_packs) train together, as one net."""
+    `on_run(run_cfg, run_dir, status)` is told "skip", "busy", "resume" or "start" before each, and
+    `on_row(run_cfg, row)` gets every metrics row. Under `engine.pack` the runs of a pack
+    (packing.plan_packs) train together, as one net."""
     runs = expand_runs(cfg)
     root = runs_root(cfg)
     engine = setup_engine(cfg)
@@ -60,12 +78,14 @@ def run_experiment(
                     if on_run:
                         on_run(run_cfg, run, "resume" if run.checkpoint.exists() else "start")
                     todo.append((run_cfg, run))
-                for group in split_by_iteration(todo):
+                for group in split_by_iteration(todo, [run.checkpoint_iteration() for _, run in todo]):
                     cfgs, dirs = zip(*group)
-                    key = OmegaConf.to_yaml(cfgs[0].data) + f"{cfgs[0].train.batch_size}/{cfgs[0].train.eval_batch_size}"
+                    key = data_key(cfgs[0])
                     if key not in data_by_config:
-                        data_by_config[key] = build_data(cfgs[0], engine, int(cfgs[0].seed))
-                    for s in fit_pack(cfgs, dirs, data_by_config[key], engine, on_row, stop):
+                        data_by_config[key] = build_data(cfgs[0], engine)
+                    data = data_by_config[key]
+                    members, stepper = prepare(cfgs, dirs, data, engine)
+                    for s in fit(members, stepper, data, engine, on_row, stop):
                         summaries[s.run_id] = s
     return [summaries[r.run.id] for r in runs if r.run.id in summaries]
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 SHORTCUTS = ("none", "A", "B", "C")  # "none" is the plain twin (Sec. 3.3)
 STRIDES = ("v1", "v1.5")  # where a down-sampling bottleneck puts its stride: first 1x1 (paper) or 3x3
 ARCHS = ("plain", "resnet")
+# The model settings a net's name spells out (`ModelSpec.name`): overriding one trains another net, not a variant
+NET_KEYS = ("model.family", "model.arch", "model.n", "model.depth", "model.shortcut", "model.stride_on")
 
 # depth -> (block, blocks per stage) (Table 1). CIFAR depth is 6n+2 with n blocks per stage (Sec. 4.2).
 IMAGENET_LAYERS: dict[int, tuple[str, list[int]]] = {
@@ -110,6 +112,11 @@ class ModelSpec:
         """A command line that trains this net."""
         groups = "" if self.family == "cifar" else " data=imagenet model=imagenet train=imagenet"
         return f"resnet-repro run {experiment}{groups} " + " ".join(self.overrides())
+
+
+def pretty(model: str) -> str:
+    """A run's net name as the paper writes it: "resnet110-A" -> "ResNet-110"."""
+    return ModelSpec.parse(model).pretty
 
 
 def spec_from_config(model_cfg) -> ModelSpec:

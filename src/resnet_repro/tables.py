@@ -1,6 +1,6 @@
 """Tables 2-6: our runs reduced to rows and set beside the paper's numbers, as CSV and Markdown.
 
-Our numbers come only from run directories (results.load_runs), the paper's only from paper.py.
+Our numbers come only from run directories (runs.load_runs), the paper's only from paper.py.
 Every row names its profile and data, so a shortened, sample or proxy run is never read as the
 paper's schedule; a net without a finished run gets a row that says which command makes it.
 """
@@ -14,9 +14,9 @@ from typing import NamedTuple
 import pandas as pd
 
 from . import paper
-from .claims import keeps_recipe
 from .config import make_dir, net_command, run_command
-from .results import FULL_DATASETS, dataset_note, finished, load_runs, rank_profiles, schedule_text
+from .results import atomic_write_text
+from .runs import finished, load_runs, rank_profiles, ranked_runs, schedule_text
 from .spec import ModelSpec
 
 
@@ -47,7 +47,7 @@ def build_table(
     paper_mean_std = paper_mean_std or {}
     rows = [_quoted_row(name, values, metrics, paper_mean_std.get(name), name in test_set)
             for name, values in quoted.items()]
-    done = finished(runs)
+    done = ranked_runs(finished(runs))
     profiles = rank_profiles(done)
     for model, values in paper_rows.items():
         paper_values = values if isinstance(values, tuple) else (values,)
@@ -57,7 +57,7 @@ def build_table(
             unfinished = runs[(runs.model == model) & (runs.status != "unreadable")]
             groups = [_missing_row(model, unfinished, cmd, (paper_params or {}).get(model))]
         for row in groups:
-            comparable = same_images(row.get("dataset") or "")
+            comparable = row.get("paper_images", False)  # a proxy or a sample is another task
             for metric, value in zip(metrics, paper_values):
                 row[f"paper_{metric.key}"] = value
                 row[f"diff_{metric.key}"] = _diff(row.get(f"{metric.key}_best"), value) if comparable else None
@@ -65,7 +65,7 @@ def build_table(
                 row[f"paper_{metrics[0].key}_mean"], row[f"paper_{metrics[0].key}_std"] = paper_mean_std[model]
             rows.append(row)
     if extras:
-        others = done[~done.model.isin(list(paper_rows))].sort_values(["arch", "depth", "model"])
+        others = done[~done.model.isin(list(paper_rows))].sort_values(["arch", "depth", "model"], kind="stable")
         for model in dict.fromkeys(others.model):
             for row in _our_rows(others[others.model == model], metrics):
                 row["note"] = "; ".join(filter(None, ["not in the paper's table", row["note"]]))
@@ -81,18 +81,16 @@ def build_table(
 
 
 def _our_rows(runs: pd.DataFrame, metrics: list[Metric]) -> list[dict]:
-    """One row per (profile, dataset, variant) group of one model's finished runs: the paper's schedule
-    on the original pixels first, an untagged run before a precision control before another variant."""
+    """One row per (profile, dataset, variant) group of one model's finished runs, in the order of
+    `ranked_runs` (which `runs` is in): the paper's schedule on the original pixels first, an untagged run
+    before a precision control before another variant."""
     rows = []
-    order = runs.assign(_schedule=~runs.full_schedule, _data=~runs.dataset.isin(FULL_DATASETS),
-                        _recipe=[0 if not v else 1 if keeps_recipe(v) else 2 for v in runs.variant])
-    order = order.sort_values(["_schedule", "_data", "profile", "dataset", "_recipe", "variant"])
-    for _, g in order.groupby(["profile", "dataset", "variant"], sort=False):
+    for _, g in runs.groupby(["profile", "dataset", "variant"], sort=False):
         first = g.iloc[0]
         row = {"model": first.model, "params": first.params, "n_runs": len(g),
                "seeds": " ".join(str(int(s)) for s in sorted(g.seed)), "profile": first.profile,
                "profile_label": schedule_text(first), "full_schedule": bool(first.full_schedule),
-               "dataset": first.dataset,
+               "dataset": first.dataset, "paper_images": bool(first.paper_images),
                "eval_protocol": " ".join(sorted(set(g.eval_protocol))),
                "note": f"variant {first.variant}" if first.variant else ""}
         for m in metrics:
@@ -111,13 +109,6 @@ def _quoted_row(name: str, values, metrics: list[Metric], mean_std: tuple | None
     if mean_std:
         row[f"paper_{metrics[0].key}_mean"], row[f"paper_{metrics[0].key}_std"] = mean_std
     return row
-
-
-def same_images(dataset: str) -> bool:
-    """Every image of the paper's data, if re-encoded (results.dataset_note): Δ compares like with like.
-    A proxy or a sample is another task (Imagenette's 10-class top-5 is not ImageNet's)."""
-    family, _, encoding = dataset.partition("_")
-    return dataset in FULL_DATASETS or (family in FULL_DATASETS and encoding.startswith("jpeg"))
 
 
 def _missing_row(model: str, unfinished: pd.DataFrame, command: str | None, params: int | None) -> dict:
@@ -195,8 +186,8 @@ def write_tables(runs_dir: Path, results_dir: Path, tables: list[str] | None = N
         if name == "table6":  # CIFAR nets not yet run: what the paper's schedule would cost them
             notes = add_cost_estimates(table, read_bench(results_dir / "bench.csv"))
         csv_path, md_path = results_dir / f"{name}.csv", results_dir / f"{name}.md"
-        table.to_csv(csv_path, index=False, float_format="%.4g")
-        md_path.write_text(table_markdown(title, table, runs, notes))
+        atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.4g"))
+        atomic_write_text(md_path, table_markdown(title, table, runs, notes))
         paths += [csv_path, md_path]
     return paths
 
@@ -294,8 +285,9 @@ def _preamble(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     if not labels:
         out += ["No finished runs yet: every row of ours is missing (its note says which command makes it).", ""]
     out += [f"- profile `{profile}`: {label}." for profile, label in labels]
-    out += [f"- dataset `{d}`: {dataset_note(d)}" + (f"; {DATA_EVIDENCE[d]}" if d in DATA_EVIDENCE else "") + "."
-            for d in dict.fromkeys(ours.dataset) if dataset_note(d)]
+    notes = dict(zip(runs.dataset, runs.data_note))
+    out += [f"- dataset `{d}`: {notes[d]}" + (f"; {DATA_EVIDENCE[d]}" if d in DATA_EVIDENCE else "") + "."
+            for d in dict.fromkeys(ours.dataset) if notes.get(d)]
     if ours.full_schedule.astype(bool).any():
         out += ["", "Within a model, rows of the paper's schedule come first, the original pixels before a lossy copy."]
     if not ours.full_schedule.astype(bool).all():
