@@ -63,7 +63,7 @@ def make_run(runs_dir: Path, profile: str, model_name: str, seed: int = 0, n_poi
         final_test_error=final_error if done else None, final_train_error=train_final if done else None,
         final_test_top5_error=final_top5_error if done else None, eval_protocol=eval_protocol, wall_s=wall_s,
         device=device, git_commit="abc", torch="2.5", started="2025-01-01T00:00:00",
-        finished="2025-01-01T01:00:00" if done else None, overrides=[f"x={variant}"] if variant else [],
+        finished="2025-01-01T01:00:00" if done else None, overrides=[f"train.x={variant}"] if variant else [],
         variant=variant,
     )
     run.write_summary(Summary(**{**fields, **extra}))

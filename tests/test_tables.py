@@ -199,3 +199,12 @@ def test_a_run_with_a_damaged_summary_is_left_out_and_said(runs, results):
     assert row.n_runs == 1 and row.error_best == 10.0
     md = (results / "table6.md").read_text()
     assert "Left out, unreadable: budget/resnet20-A-seed1 (summary.json)." in md and "Not counted" not in md
+
+
+def test_a_variant_is_described_by_what_changes_the_recipe_never_by_folders_or_engine(runs, results):
+    make_run(runs, "budget", "resnet20-A", variant="bn64", overrides=[
+        "profile=budget", "model.n=3", "model.bn_group=64", "train.threads=1", "engine.threads=1",
+        "results_dir=/home/me/results", "data.root=/home/me/data", "data_dir=/home/me/data"])
+    tables.write_tables(runs, results, tables=["table6"])
+    md = (results / "table6.md").read_text()
+    assert "with overrides (model.bn_group=64), not the paper's recipe" in md and "/home/me" not in md

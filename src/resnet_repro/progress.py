@@ -33,7 +33,7 @@ PLAN = [
     Wanted("resnet1202-A", "", 1, "Table 6"),
     *(Wanted(f"plain{d}", "", 1, "Fig. 6 (the plain twins)") for d in (20, 32, 44, 56)),
 ]
-CONTROLS = {"fp32": "fp32 (train.amp=false)", "bn64": "BN over 64 (model.bn_group=64)"}
+CONTROLS = {"fp32": "fp32 (engine.precision=fp32)", "bn64": "BN over 64 (model.bn_group=64)"}
 
 
 def original_paper_runs(runs: pd.DataFrame) -> pd.DataFrame:

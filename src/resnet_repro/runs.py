@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import PRECISION_TAGS
+from .config import PRECISION_TAGS, recipe_overrides
 from .results import CLASSES, METRICS_COLUMNS, TEST_PROTOCOLS, DataId, RunDir, Unreadable, read_run_metrics
 from .spec import ModelSpec
 
@@ -83,7 +83,7 @@ def _run_row(run: RunDir) -> dict:
         "iterations": s.iterations, "iterations_done": iterations_done, "final_train_error": s.final_train_error,
         "final_test_error": s.final_test_error, "final_test_top5_error": s.final_test_top5_error,
         "eval_protocol": s.eval_protocol or "single", "wall_s": s.wall_s or 0.0, "device": s.device,
-        "variant": s.variant, "overrides": " ".join(s.overrides), "ensemble": bool(s.ensemble),
+        "variant": s.variant, "overrides": " ".join(recipe_overrides(s.overrides)), "ensemble": bool(s.ensemble),
         "mean_response_std": mean_response_std,
         **{f"final_{p}_{k}": (final_eval.get(p) or {}).get(f"top{n}_error")
            for p in TEST_PROTOCOLS for k, n in (("error", 1), ("top5_error", 5))},
