@@ -91,6 +91,8 @@ def list_group(group: str, conf: Path | None = None) -> dict[str, str]:
 
 
 def compose_experiment(experiment: str, overrides: list[str] = (), conf: Path | None = None) -> DictConfig:
+    """conf/config.yaml with `experiment=EXPERIMENT`, its profile and the user's overrides, composed by Hydra
+    (one config for the whole command; `expand_runs` makes one per run). Bad input is a one-line UserError."""
     conf = config_dir(conf)
     known = list_group("experiment", conf)
     if experiment not in known:

@@ -1,7 +1,7 @@
 """What the machine is: the CPU's model and whether it runs bf16 natively, the device's name.
 
 Every CPU figure depends on the bf16 question: where bf16 is only emulated (AVX2 CPUs), bf16
-autocast trains ResNet-20 10x slower than fp32, so `engine.precision: auto` asks here.
+autocast trains far slower than fp32 (README, "Speed"), so `engine.precision: auto` asks here.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def cpu_bf16_native() -> tuple[bool, str]:
     """Whether this CPU runs bf16 convolutions natively, and the evidence. AVX512-BF16 or AMX only
     count where ATen dispatches AVX-512 kernels and oneDNN has its bf16 path: on an AVX2-only CPU (or
     one capped by ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA) bf16 is emulated, and ResNet-20 trained
-    10x slower than in fp32 (33 vs 301 images/s, one thread)."""
+    many times slower than in fp32 (README, "Speed")."""
     f = cpu_features()
     capability, avx512_bf16, amx, onednn = f["capability"], f["avx512_bf16"], f["amx"], f["onednn_bf16"]
     native = bool((avx512_bf16 or amx) and capability.startswith("AVX512") and onednn)
@@ -84,7 +84,7 @@ def busy_cores(sample_s: float = 0.2) -> int:
 def cpu_threads(setting) -> int:
     """`engine.threads`: a number, or auto = the cores this process may use that other processes are not
     keeping busy, at least one. OpenMP threads wait on each other: on 2 cores with another job running,
-    2 threads trained ResNet-20 4-8x slower than 1, while on an idle machine 2 are 1.7x faster than 1."""
+    2 threads train several times slower than 1, while on an idle machine 2 are faster than 1 (README)."""
     if setting != "auto":
         return int(setting)
     return max(1, usable_cores() - busy_cores())

@@ -259,6 +259,8 @@ def from_torchvision(state_dict: dict) -> ResNet:
 
 
 def build_model(model_cfg, num_classes: int) -> ResNet:
+    """The net a `model` config describes (conf/model/*.yaml: family, arch, n or depth, shortcut, stride_on,
+    bn_group), He-initialised; every caller that trains, scores or counts a net goes through here."""
     bn_group = model_cfg.get("bn_group")
     if model_cfg.family == "cifar":
         return cifar_resnet(int(model_cfg.n), model_cfg.arch, model_cfg.shortcut, num_classes, bn_group)
