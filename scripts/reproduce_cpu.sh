@@ -65,6 +65,9 @@ build_data() {  # CIFAR-10 from the pixel-exact copy, checked against the sha256
 }
 
 worker() {  # one run after another in queue order; finished runs are skipped, runs another worker holds are busy
+  # setsid gave this worker a session of its own, and Linux shares the CPU between sessions (autogroups)
+  # before it looks at nice: without this the campaign takes a fair share, not the idle time
+  echo 19 2>/dev/null > /proc/self/autogroup || true
   local runs threads=engine.threads=1
   [ -d "$campaign/code/conf/engine" ] || threads=train.threads=1  # code frozen before the engine group existed
   for runs in "${QUEUE[@]}"; do
