@@ -1,5 +1,7 @@
 """Composing experiments with Hydra, expanding them into runs, run ids, and the commands that make runs."""
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -118,3 +120,32 @@ def test_paths_beside_results_and_folders_under_a_file(tmp_path):
     with pytest.raises(UserError, match="is a file"):
         check_folder(tmp_path / "file" / "results", "--results-dir")
     assert check_folder(tmp_path / "new" / "results") == tmp_path / "new" / "results"
+
+
+@pytest.mark.parametrize("old, new", [
+    ("train.compile=false", "train.compile is now engine.compile: write engine.compile=false"),
+    ("train.amp=false", "train.amp is now engine.precision: write engine.precision=fp32"),
+    ("train.threads=1", "train.threads is now engine.threads: write engine.threads=1"),
+    ("device=cpu", "device is now engine.device: write engine.device=cpu"),
+    ("data.root=/d", "data.root is now data_dir: write data_dir=/d"),
+    ("data.decode=cpu", "data.decode is now engine.decode: write engine.decode=cpu"),
+])
+def test_a_setting_that_moved_names_its_new_place(old, new):
+    with pytest.raises(UserError, match=re.escape(new)):
+        compose_experiment("custom", [old])
+
+
+@pytest.mark.parametrize("overrides, run_id", [  # how the committed runs were made, in today's names
+    (["model.n=3", "engine.precision=fp32", "engine.threads=1", "results_dir=/r", "data_dir=/d"],
+     "resnet20-A-seed0-fp32"),
+    (["profile=budget", "model.n=3", "model.bn_group=64", "seed=1", "engine.threads=1"], "resnet20-A-seed1-bn64"),
+    (["model.arch=resnet", "model.n=5", "data.encoding=jpeg90", "engine.compile=reduce-overhead", "data_dir=/d"],
+     "resnet32-A-seed0-jpeg90"),
+    (["profile=budget", "model.n=18", "seeds=3", "engine.threads=1"], "resnet110-A-seed0"),
+    (["experiment=table2", "profile=proxy", "data_dir=/d"], "plain18-seed0"),
+])
+def test_engine_settings_and_folders_never_change_a_run_id(overrides, run_id):
+    experiment = next((o.split("=")[1] for o in overrides if o.startswith("experiment=")), "custom")
+    runs = expand_runs(compose_experiment(experiment, [o for o in overrides if not o.startswith("experiment=")]))
+    assert runs[0].run.id == run_id
+    assert runs[0].run.keeps_schedule
