@@ -176,7 +176,7 @@ def test_decode_setting_falls_back_to_cpu_where_there_is_no_gpu():
         imagenet.decodes_on_device("gpu", cpu)
     with pytest.raises(UserError, match="choose one of auto, cpu, gpu"):
         imagenet.decodes_on_device("nvjpeg", cpu)
-    with pytest.raises(UserError, match="engine.decode=nvjpeg: choose one of auto, cpu, gpu"):  # before any run starts
+    with pytest.raises(UserError, match="engine.decode=nvjpeg: use one of auto, cpu, gpu"):  # before any run starts
         expand_runs(compose_experiment("table2", ["engine.decode=nvjpeg"]))
     cpu_ids, auto_ids = ([r.run.id for r in expand_runs(compose_experiment("table2", o))] for o in (["engine.decode=cpu"], []))
     assert cpu_ids == auto_ids  # the same batches either way: not a variant of the run

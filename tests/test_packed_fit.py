@@ -118,7 +118,7 @@ def test_pack_interrupted_and_resumed_equals_uninterrupted_and_resumes_solo(tmp_
 
 
 def test_a_packed_members_warmup_ends_where_its_solo_runs_does(tmp_path):
-    over = [*RESUME, "train.iterations=20", "train.milestones=[100]", "engine.eval_every=20"]
+    over = [*RESUME, "train.iterations=20", "train.milestones=[]", "engine.eval_every=20"]
     cfgs, engine, data, packed = pack_setup(tmp_path / "pack", *over)
     ends = [s.warmup_end for s in fit_pack(cfgs, packed, data, engine)]
     solo_ends = []
@@ -131,7 +131,7 @@ def test_a_packed_members_warmup_ends_where_its_solo_runs_does(tmp_path):
 
 
 def test_a_member_going_nan_stops_the_pack_naming_it(tmp_path, monkeypatch):
-    over = ["train.iterations=12", "train.milestones=[100]", "engine.log_every=2", "engine.checkpoint_every=3",
+    over = ["train.iterations=12", "train.milestones=[]", "engine.log_every=2", "engine.checkpoint_every=3",
             "engine.eval_every=12"]
     cfgs, engine, data, runs = pack_setup(tmp_path / "runs", *over)
     step, calls = Packed.step, []

@@ -98,6 +98,9 @@ def load_cifar10(root: Path | None, download: bool) -> ImageArrays:
 def hold_out_validation(arrays: ImageArrays, size: int, seed: int = 0) -> ImageArrays:
     """The paper's 45k/5k train/val split (used to choose the schedule): the last `size` of a
     fixed shuffle become the evaluation set."""
+    if not 0 < size < len(arrays.train_labels):
+        raise UserError(f"data.validation_size={size}: hold out fewer than the {len(arrays.train_labels):,} training "
+                        f"images of this folder")
     order = torch.randperm(len(arrays.train_labels), generator=torch.Generator().manual_seed(seed))
     train, val = order[:-size], order[-size:]
     return ImageArrays(

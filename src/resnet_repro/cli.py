@@ -24,7 +24,7 @@ from .spec import spec_from_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Re-run He et al. 2015, 'Deep Residual Learning for Image Recognition'.")
-models_app = typer.Typer(no_args_is_help=True, help="Layers, parameters and multiply-adds of built models.")
+models_app = typer.Typer(no_args_is_help=True, help="Layers, parameters and multiply-adds of the nets, counted from their shapes.")
 app.add_typer(models_app, name="models")
 analyze_app = typer.Typer(no_args_is_help=True, help="Analyses of trained runs.")
 app.add_typer(analyze_app, name="analyze")
@@ -339,13 +339,13 @@ def _models_table(title: str, flag: str, settings: list[dict], image_size: int) 
         specs = [spec_from_config(OmegaConf.create(setting)) for setting in settings]
     except ValueError as e:
         raise UserError(f"bad {flag}/--arch/--shortcut: {e}")
-    from .table1 import counts
+    from .spec import footprint
 
     table = Table(title=title)
     for col in ("model", "layers", "params", "multiply-adds"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for spec in specs:
-        params, macs = counts(spec, image_size)
+        params, macs, _ = footprint(spec, image_size, 10 if spec.family == "cifar" else 1000)
         table.add_row(spec.name, str(spec.depth), f"{params:,}", f"{macs / 1e6:,.1f}M" if macs < 1e9 else f"{macs / 1e9:.2f}G")
     console.print(table)
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UserError
+from .schema import check_config
 from .spec import NET_KEYS, ModelSpec, spec_from_config
 
 CONFIG_ENV = "RESNET_REPRO_CONFIG_DIR"
@@ -195,9 +196,14 @@ def resolve_sample(cfg: DictConfig) -> bool:
     return bool(cfg.data.sample)
 
 
+CIFAR_TRAIN_IMAGES = {True: 1000, False: 50_000}  # the bundled sample's, and CIFAR-10's
+
+
 def expand_runs(cfg: DictConfig) -> list[DictConfig]:
-    """One resolved config per (entry of experiment.runs, seed); the user's model.* overrides
-    win over the experiment's entries, and identical runs are kept once."""
+    """One resolved config per (entry of experiment.runs, seed), each checked against the schema (schema.py)
+    before anything is read or built; the user's model.* overrides win over the experiment's entries, and
+    identical runs are kept once."""
+    check_config(cfg)
     overrides = list(cfg.experiment.get("overrides", []))
     user_model = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides if _key(o).startswith("model.")])
     variant, keeps = variant_of(overrides), keeps_schedule(overrides)
@@ -207,17 +213,16 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
             run = cfg.copy()
             try:
                 run.model = OmegaConf.merge(cfg.model, entry, user_model.get("model", {}))
-                spec = spec_from_config(run.model)
-            except (OmegaConfBaseException, ValueError, TypeError) as e:
+            except OmegaConfBaseException as e:
                 raise UserError(f"bad model settings {dict(entry)}: {e}")
-            group = run.model.get("bn_group")
-            if group is not None and (not isinstance(group, int) or group < 2 or int(run.train.batch_size) % group):
-                raise UserError(f"model.bn_group={group} must be a whole number >= 2 that divides train.batch_size="
-                                f"{run.train.batch_size} (e.g. 64 for the paper's two GPUs of 64)")
-            if run.engine.get("decode", "auto") not in DECODES:
-                raise UserError(f"engine.decode={run.engine.decode}: choose one of {', '.join(DECODES)}")
             run.seed = seed
             run.data.sample = resolve_sample(cfg)
+            check_config(run)
+            try:
+                spec = spec_from_config(run.model)
+            except ValueError as e:
+                raise UserError(f"bad model settings {dict(entry)}: {e}")
+            _check_run(run)
             # a run on the sample is kept apart from the same run on the full data, except in the
             # profile that exists for the sample
             on_sample = run.data.sample and cfg.profile.name != "sample"
@@ -231,6 +236,19 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
                 seen.add(run.run.id)
                 runs.append(run)
     return runs
+
+
+def _check_run(run: DictConfig) -> None:
+    """What a run's settings must agree on beyond each one's own rule (schema.py)."""
+    group = run.model.get("bn_group")
+    if group is not None and int(run.train.batch_size) % group:
+        raise UserError(f"model.bn_group={group} must divide train.batch_size={run.train.batch_size} "
+                        f"(e.g. 64 for the paper's two GPUs of 64)")
+    if run.data.family == "cifar" and run.data.validation_size:
+        images = CIFAR_TRAIN_IMAGES[bool(run.data.sample)]
+        if run.data.validation_size >= images:
+            raise UserError(f"data.validation_size={run.data.validation_size}: hold out fewer than the {images:,} "
+                            f"training images, e.g. data.validation_size=5000 (the paper's 45k/5k split)")
 
 
 def sweep_entries(archs: list[str], ns: list[int]) -> list[dict]:

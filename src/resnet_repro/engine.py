@@ -19,7 +19,8 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from .errors import UserError
-from .hardware import cpu_bf16_native, cpu_threads
+from .hardware import cpu_bf16_native, cpu_threads, free_memory
+from .spec import footprint, spec_from_config
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "tf32", "fp32")
@@ -140,6 +141,34 @@ def compile_mode(value, device: torch.device, graphs: bool = False,
     if value not in COMPILE_MODES:
         raise UserError(f"engine.compile={value!r}: use auto, true, false or one of {', '.join(COMPILE_MODES)}")
     return value, f"engine.compile={value}"
+
+
+# Bytes a training step holds per conv-output element of the batch: the conv outputs, BN outputs and
+# ReLU masks kept for the backward pass (fewer in bf16/fp16 autocast), calibrated on CPU steps of
+# CIFAR ResNets; and per parameter: the weights, their gradients, the momentum and a copy in flight.
+BYTES_PER_ACTIVATION = {"bf16": 8, "fp16": 8, "tf32": 13, "fp32": 13}
+BYTES_PER_PARAMETER = 16
+PROCESS_BYTES = 300 * 2**20  # torch itself and the data, besides the net
+
+
+def training_memory(cfg: DictConfig, engine: Engine, image_size: int, num_classes: int) -> tuple[int, str]:
+    """Estimated bytes one process needs to train the run `cfg` on `engine`, from the net's shape (no net
+    is built), and the estimate in words."""
+    fp = footprint(spec_from_config(cfg.model), image_size, num_classes)
+    batch = -(-int(cfg.train.batch_size) // engine.world)  # each process holds its share of the batch
+    need = (fp.activations * batch * BYTES_PER_ACTIVATION[engine.precision] + fp.params * BYTES_PER_PARAMETER
+            + PROCESS_BYTES)
+    return int(need), (f"about {need / 2**30:.1f} GiB ({fp.params:,} parameters, {fp.activations * batch / 1e9:.2f}G "
+                       f"activations at batch {batch} in {engine.precision})")
+
+
+def check_memory(cfg: DictConfig, engine: Engine, image_size: int, num_classes: int) -> None:
+    """Refuse, before anything is built, a run that cannot fit the device's free memory."""
+    need, what = training_memory(cfg, engine, image_size, num_classes)
+    free, where = free_memory(engine.device)
+    if need > free:
+        raise UserError(f"{cfg.run.id} needs {what} to train, but {where}: use a smaller model or a smaller "
+                        f"train.batch_size, or a device with more memory")
 
 
 def is_main_process() -> bool:

@@ -88,3 +88,20 @@ def cpu_threads(setting) -> int:
     if setting != "auto":
         return int(setting)
     return max(1, usable_cores() - busy_cores())
+
+
+def free_memory(device: torch.device) -> tuple[int, str]:
+    """Bytes a run can still allocate on `device`, and what they are: a GPU's free memory, or the memory
+    Linux says it can give without swapping (MemAvailable), else the machine's whole memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free, f"{torch.cuda.get_device_name(device)} has {free / 2**30:.1f} GiB free"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+                return free, f"this machine has {free / 2**30:.1f} GiB available"
+    except (OSError, ValueError, IndexError):
+        pass
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total, f"this machine has {total / 2**30:.1f} GiB"

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .spec import IMAGENET_LAYERS, SHORTCUTS, STRIDES, ModelSpec, check_arch_shortcut, cifar_depth, spec_from_config
+from .spec import (CIFAR_WIDTHS, IMAGENET_LAYERS, IMAGENET_WIDTHS, SHORTCUTS, STRIDES, ModelSpec, check_arch_shortcut,
+                   cifar_depth, spec_from_config)
 
 __all__ = ["ModelSpec", "spec_from_config", "cifar_depth", "build_model", "IMAGENET_DEPTHS"]
 
@@ -206,8 +207,6 @@ class ResNet(nn.Module):
 # Variants are data (spec.IMAGENET_LAYERS): depth -> (block, blocks per stage).
 BLOCKS: dict[str, Block] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 IMAGENET_DEPTHS: dict[int, tuple[Block, list[int]]] = {d: (BLOCKS[b], layers) for d, (b, layers) in IMAGENET_LAYERS.items()}
-CIFAR_WIDTHS = [16, 32, 64]
-IMAGENET_WIDTHS = [64, 128, 256, 512]
 
 
 def cifar_resnet(n: int, arch: str = "resnet", shortcut: str = "A", num_classes: int = 10,
@@ -215,7 +214,7 @@ def cifar_resnet(n: int, arch: str = "resnet", shortcut: str = "A", num_classes:
     """The 6n+2-layer CIFAR-10 net; `arch="plain"` drops every shortcut."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a whole number >= 1 (depth 6n+2), got {n!r}")
-    return ResNet(BasicBlock, [n] * 3, CIFAR_WIDTHS, "cifar", num_classes, check_arch_shortcut(arch, shortcut),
+    return ResNet(BasicBlock, [n] * 3, list(CIFAR_WIDTHS), "cifar", num_classes, check_arch_shortcut(arch, shortcut),
                   norm=batch_norm(bn_group))
 
 
@@ -226,8 +225,8 @@ def imagenet_resnet(
     if depth not in IMAGENET_DEPTHS:
         raise ValueError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth!r}")
     block, layers = IMAGENET_DEPTHS[depth]
-    return ResNet(block, layers, IMAGENET_WIDTHS, "imagenet", num_classes, check_arch_shortcut(arch, shortcut), stride_on,
-                  batch_norm(bn_group))
+    return ResNet(block, layers, list(IMAGENET_WIDTHS), "imagenet", num_classes, check_arch_shortcut(arch, shortcut),
+                  stride_on, batch_norm(bn_group))
 
 
 def _torchvision_key(key: str) -> str:

@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from .cifar import build_cifar
 from .config import expand_runs, runs_root
 from .data import Data
-from .engine import Engine, StopFlag, setup_engine
+from .engine import Engine, StopFlag, check_memory, setup_engine
 from .errors import UserError
 from .evaluate import run_ensemble
-from .imagenet import build_imagenet
+from .imagenet import build_imagenet, setting
 from .packing import plan_packs, split_by_iteration
 from .plots import FIGURES, FigureResult, plot_figures
 from .results import RunDir, Summary
@@ -33,6 +33,13 @@ def build_data(cfg: DictConfig, engine: Engine, seed: int = 0) -> Data:
     if cfg.data.family == "cifar":
         return build_cifar(cfg, engine, seed)
     return build_imagenet(cfg, engine, seed)
+
+
+def input_shape(cfg: DictConfig) -> tuple[int, int]:
+    """(image size, classes) a run's net takes, known before its data is read: for the memory check."""
+    if cfg.data.family == "cifar":
+        return 32, 10
+    return int(setting(cfg.data, "crop")), 1000
 
 
 def data_key(cfg: DictConfig) -> str:
@@ -53,6 +60,9 @@ def run_experiment(
     runs = expand_runs(cfg)
     root = runs_root(cfg)
     engine = setup_engine(cfg)
+    for run_cfg in runs:  # a net that cannot fit is refused before any run starts, and before it is built
+        if not RunDir.for_run(root, run_cfg).finished:
+            check_memory(run_cfg, engine, *input_shape(run_cfg))
     data_by_config: dict[str, object] = {}
     summaries: dict[str, Summary] = {}
     with StopFlag().installed() as stop:

@@ -6,8 +6,10 @@ parsed back and checked, so the CLI can reject a bad depth before importing torc
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 SHORTCUTS = ("none", "A", "B", "C")  # "none" is the plain twin (Sec. 3.3)
 STRIDES = ("v1", "v1.5")  # where a down-sampling bottleneck puts its stride: first 1x1 (paper) or 3x3
@@ -112,6 +114,59 @@ class ModelSpec:
         """A command line that trains this net."""
         groups = "" if self.family == "cifar" else " data=imagenet model=imagenet train=imagenet"
         return f"resnet-repro run {experiment}{groups} " + " ".join(self.overrides())
+
+
+class Footprint(NamedTuple):
+    """What a net costs, counted from its shape without building it (tested equal to the built net's counts)."""
+
+    params: int
+    multiply_adds: int  # of every conv and fc layer for one image: the paper's "FLOPs" (Table 1)
+    activations: int  # conv outputs for one image, each of which training keeps for the backward pass
+
+
+CIFAR_WIDTHS = (16, 32, 64)
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+def footprint(spec: ModelSpec, image_size: int, num_classes: int) -> Footprint:
+    """Parameters, multiply-adds and conv activations of `spec`'s net for `image_size` images, in the layer
+    order models.ResNet builds: every conv (bias-free) with its BN (weight, bias), then the fc layer."""
+    params = macs = acts = 0
+
+    def conv(c_in: int, c_out: int, k: int, size: int) -> None:
+        nonlocal params, macs, acts
+        params += c_in * c_out * k * k + 2 * c_out
+        macs += c_in * c_out * k * k * size * size
+        acts += c_out * size * size
+
+    size = image_size
+    if spec.family == "cifar":
+        block, layers, widths, planes = "basic", [spec.n] * 3, CIFAR_WIDTHS, CIFAR_WIDTHS[0]
+        conv(3, planes, 3, size)
+    else:
+        (block, layers), widths, planes = IMAGENET_LAYERS[spec.depth], IMAGENET_WIDTHS, 64
+        size = math.ceil(size / 2)  # 7x7/2 conv, then the 3x3/2 max-pool
+        conv(3, planes, 7, size)
+        size = math.ceil(size / 2)
+    shortcut = "none" if spec.arch == "plain" else spec.shortcut
+    for i, (width, count) in enumerate(zip(widths, layers)):
+        for j in range(count):
+            stride = 2 if i > 0 and j == 0 else 1
+            out_size, out_planes = math.ceil(size / stride), width * EXPANSION[block]
+            if block == "basic":
+                conv(planes, width, 3, out_size)
+                conv(width, width, 3, out_size)
+            else:  # v1 strides the first 1x1, v1.5 the 3x3
+                conv(planes, width, 1, out_size if spec.stride_on == "v1" else size)
+                conv(width, width, 3, out_size)
+                conv(width, out_planes, 1, out_size)
+            if shortcut == "C" or (shortcut == "B" and (stride > 1 or planes != out_planes)):
+                conv(planes, out_planes, 1, out_size)
+            planes, size = out_planes, out_size
+    params += planes * num_classes + num_classes
+    macs += planes * num_classes
+    return Footprint(params, macs, acts)
 
 
 def pretty(model: str) -> str:
