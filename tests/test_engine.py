@@ -11,33 +11,8 @@ from training import TINY
 from resnet_repro import engine as engine_module
 from resnet_repro import hardware, runner
 from resnet_repro.config import compose_experiment
-from resnet_repro.engine import StopFlag, choose_precision, compile_mode, set_tf32, setup_engine
+from resnet_repro.engine import choose_precision, compile_mode, set_tf32, setup_engine
 from resnet_repro.errors import UserError
-from resnet_repro.errors import UserError
-
-
-def test_sigint_sets_the_flag_and_restores_the_handler():
-    stop = StopFlag()
-    previous = signal.getsignal(signal.SIGINT)
-    with stop.installed():
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
-        assert stop.requested and stop.signum == signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is previous
-
-
-def test_a_schedulers_handler_gets_the_signal_after_the_checkpoint():
-    """submitit's SIGUSR2 handler requeues the job: it must run after our checkpoint, not instead."""
-    calls = []
-    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
-    try:
-        with StopFlag().installed() as stop:
-            os.kill(os.getpid(), signal.SIGUSR2)
-            time.sleep(0.01)
-            assert stop.requested and calls == []  # held back while the loop saves its checkpoint
-        assert calls == [signal.SIGUSR2]
-    finally:
-        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_compile_setting_is_a_mode_or_off():

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from resnet_repro.cli import app
 from resnet_repro.config import compose_experiment, expand_runs, runs_root, sweep_entries
-from resnet_repro.engine import StopFlag, setup_engine
+from resnet_repro.engine import setup_engine
+from resnet_repro.signals import StopFlag
 from resnet_repro.errors import Interrupted, TrainingDiverged
 from resnet_repro.packing import pack_size, plan_packs, split_by_iteration
 from resnet_repro.results import RunDir

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from training import read_metrics, setup, tiny_cfg, train_run, with_train, without_timing
 
 from resnet_repro import steppers, train
-from resnet_repro.engine import StopFlag
+from resnet_repro.signals import StopFlag
 from resnet_repro.errors import Interrupted, TrainingDiverged, UserError
 from resnet_repro.models import build_model
 from resnet_repro.results import RunDir

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from . import config as config_mod
 from .errors import Interrupted, UserError
+from .signals import Signalled, install_setup_handlers
 from .spec import spec_from_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -82,7 +83,7 @@ def friendly_errors(fn: Callable) -> Callable:
             result = fn(*args, **kwargs)
             _end_process_group(together=True)
             return result
-        except Interrupted as e:
+        except (Interrupted, Signalled) as e:
             err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
             raise typer.Exit(130)
         except UserError as e:
@@ -399,7 +400,12 @@ def eval_(
 
 
 def main() -> None:
-    app(prog_name="resnet-repro")
+    install_setup_handlers()  # a signal from here to the first training step ends the command in one line
+    try:
+        app(prog_name="resnet-repro")
+    except Signalled as e:  # before Typer had called a command (while it imported what it needs)
+        err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where and how a run computes (`engine.*` in the config): the device, DDP ranks under torchrun, the
-precision (bf16 or fp16 autocast, TF32, fp32), channels_last and the torch.compile mode (`Engine`), and
-the stop flag that signals set between steps.
+precision (bf16 or fp16 autocast, TF32, fp32), channels_last and the torch.compile mode (`Engine`),
+whether a net fits the device's memory, and DDP's agreement on a stop (signals.py sets the flag).
 
 None of this changes what a run computes, only how fast: the recipe lives in the model, data and train
 groups. Precision is the one exception that is named in the run id when it is not auto.
@@ -8,10 +8,8 @@ groups. Precision is the one exception that is named in the run id when it is no
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +18,7 @@ from omegaconf import DictConfig
 
 from .errors import UserError
 from .hardware import cpu_bf16_native, cpu_threads, free_memory
+from .signals import StopFlag
 from .spec import footprint, spec_from_config
 
 
@@ -230,35 +229,6 @@ def setup_engine(cfg: DictConfig) -> Engine:
         world=world,
         cpu_group=cpu_group,
     )
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM, or SIGUSR1/SIGUSR2 that schedulers send before a time limit; the loop
-    saves a checkpoint at the next step boundary and stops. A signal that a Python handler installed
-    before us (submitit's requeue-on-preemption) is handed on to it once the checkpoint is on disk."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
-                    if hasattr(signal, name))
-
-    def __init__(self):
-        self.requested = False
-        self.signum: int | None = None
-
-    def set(self, signum: int | None = None, _frame=None):
-        self.requested = True
-        self.signum = self.signum or signum
-
-    @contextlib.contextmanager
-    def installed(self):
-        previous = {s: signal.signal(s, self.set) for s in self.SIGNALS}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            handler = previous.get(self.signum)
-            if callable(handler) and handler is not signal.default_int_handler:
-                handler(self.signum, None)  # e.g. submitit requeues the job and exits
 
 
 STOP_POLL = 10  # DDP: ranks agree on a stop request every this many steps (a tiny CPU all-reduce)

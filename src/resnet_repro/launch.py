@@ -32,6 +32,7 @@ from . import runner
 from .config import compose_experiment, config_dir, expand_runs
 from .engine import is_main_process
 from .errors import Interrupted, UserError
+from .signals import Signalled
 from .plots import output_lines
 from .results import Summary
 
@@ -81,7 +82,7 @@ def job(cfg: DictConfig) -> float | None:
     _torch_env_from_slurm()
     try:
         summary = train_one(cfg, list(HydraConfig.get().overrides.task))
-    except Interrupted as e:
+    except (Interrupted, Signalled) as e:
         log.warning(str(e))
         sys.exit(130)
     except UserError as e:

@@ -15,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from .cifar import build_cifar
 from .config import expand_runs, runs_root
 from .data import Data
-from .engine import Engine, StopFlag, check_memory, setup_engine
+from .engine import Engine, check_memory, setup_engine
 from .errors import UserError
 from .evaluate import run_ensemble
 from .imagenet import build_imagenet, setting
 from .packing import plan_packs, split_by_iteration
 from .plots import FIGURES, FigureResult, plot_figures
 from .results import RunDir, Summary
+from .signals import StopFlag
 from .table1 import write_table1
 from .tables import TABLES, write_tables
 from .train import fit, prepare

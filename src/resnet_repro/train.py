@@ -22,12 +22,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .data import Data
-from .engine import Engine, StopFlag, stop_agreed
+from .engine import Engine, stop_agreed
 from .errors import Interrupted, TrainingDiverged, UserError
 from .hardware import device_name
 from .models import count_parameters
 from .results import RunDir, Summary, git_commit, now
 from .scoring import evaluate, measure_responses, recalibrate_bn
+from .signals import StopFlag
 from .steppers import make_stepper, prepare_model
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -325,6 +326,8 @@ def fit(members: list[Member], stepper, data: Data, engine: Engine,
     stop = stop or StopFlag()
     loader = stepper.loader([data.train.with_seed(int(m.cfg.seed)) for m in members])
     session_start = time.perf_counter()
+    window = {"start": session_start, "images": 0.0}  # since the last metrics row
+    drops = [count_plateau_drops(m.state.rows, t) for m in members]  # plateau schedule: from the rows so far
 
     def wall_s(m: Member) -> float:
         return m.state.wall_s + time.perf_counter() - session_start
@@ -337,50 +340,53 @@ def fit(members: list[Member], stepper, data: Data, engine: Engine,
                 m.run.save_checkpoint(m.state.to_checkpoint(m.cfg, model, optimizer, wall_s(m), m.rng, scaler))
             m.saved_at = iteration
 
+    def log(iteration: int, epoch: int, lrs: list[float], last: bool) -> None:
+        """Close the log window: a metrics row per member, with the test errors where it evaluates."""
+        if engine.world > 1:
+            for m in members:
+                dist.all_reduce(m.state.window)
+        seconds = time.perf_counter() - window["start"]
+        rows = [metrics_row(m.state, lr, len(loader), window["images"], seconds, wall_s(m))
+                for m, lr in zip(members, lrs)]
+        check_finite(members, [[r["train_loss"]] for r in rows], iteration, engine)
+        if iteration % e.eval_every == 0 or last:
+            for row, (top1, top5) in zip(rows, test_errors(stepper, loader, members[0].cfg.data, data, engine, epoch)):
+                row["test_error"], row["test_top5_error"] = top1, top5 if data.top5 else None
+        for m, row in zip(members, rows):
+            record_row(m, row, engine, on_row)
+        drops[:] = [count_plateau_drops(m.state.rows, t) for m in members]
+        window.update(start=time.perf_counter(), images=0.0)
+
     if engine.is_main:
         for m in members:
             m.run.write_config(m.cfg)
             m.run.write_metrics(m.state.rows)
             m.run.write_summary(m.summary)
-    start, per_epoch = members[0].state.iteration, len(loader)
-    drops = [count_plateau_drops(m.state.rows, t) for m in members]
-    window_start, window_images = time.perf_counter(), 0.0
-    for epoch, x, y in islice(batches_from(loader, start), max(0, t.iterations - start)):
-        lrs = [lr_at(m.state.iteration, t, warming_up=not m.state.warmup_done, plateau_drops=d)
-               for m, d in zip(members, drops)]
-        for m, step in zip(members, stepper.step(lrs, x, y)):
-            advance(m.state, step, t, engine)
-            m.summary.warmup_end = m.state.warmup_end
-        iteration = members[0].state.iteration
-        window_images += float(y.shape[0] * engine.world)
-        last = iteration == t.iterations
-        if iteration % e.log_every == 0 or last:
-            if engine.world > 1:
-                for m in members:
-                    dist.all_reduce(m.state.window)
-            seconds = time.perf_counter() - window_start
-            rows = [metrics_row(m.state, lr, per_epoch, window_images, seconds, wall_s(m)) for m, lr in zip(members, lrs)]
-            check_finite(members, [[r["train_loss"]] for r in rows], iteration, engine)
-            if iteration % e.eval_every == 0 or last:
-                for row, (top1, top5) in zip(rows, test_errors(stepper, loader, members[0].cfg.data, data, engine, epoch)):
-                    row["test_error"], row["test_top5_error"] = top1, top5 if data.top5 else None
-            for m, row in zip(members, rows):
-                record_row(m, row, engine, on_row)
-            drops = [count_plateau_drops(m.state.rows, t) for m in members]
-            window_images, window_start = 0.0, time.perf_counter()
-        stopping = stop_agreed(stop, engine, iteration)
-        if iteration % e.checkpoint_every == 0 or last or stopping:
-            checkpoint(iteration)
-        if stopping:
-            raise stopped(members, iteration, int(t.iterations), engine)
-
-    if e.responses:  # every rank holds part of the test set
-        for m, responses in zip(members, measure_responses(stepper, data.test, engine)):
-            if engine.is_main:
-                m.run.write_responses(responses)
-    # the final model under each protocol the tables need (ImageNet: 10-crop, multi-scale)
-    finals = {protocol: evaluate(stepper, test, engine) for protocol, test in data.final_tests.items()}
-    for k, m in enumerate(members):
-        if finals:
-            m.summary.final_eval = {p: dict(zip(("top1_error", "top5_error"), errors[k])) for p, errors in finals.items()}
-    return [finish_summary(m, engine, wall_s(m)) for m in members]
+    start = members[0].state.iteration
+    with stop.training():  # from here a signal waits for the next step: checkpoint, then stop
+        for epoch, x, y in islice(batches_from(loader, start), max(0, t.iterations - start)):
+            lrs = [lr_at(m.state.iteration, t, warming_up=not m.state.warmup_done, plateau_drops=d)
+                   for m, d in zip(members, drops)]
+            for m, step in zip(members, stepper.step(lrs, x, y)):
+                advance(m.state, step, t, engine)
+                m.summary.warmup_end = m.state.warmup_end
+            iteration = members[0].state.iteration
+            window["images"] += float(y.shape[0] * engine.world)
+            last = iteration == t.iterations
+            if iteration % e.log_every == 0 or last:
+                log(iteration, epoch, lrs, last)
+            stopping = stop_agreed(stop, engine, iteration)
+            if iteration % e.checkpoint_every == 0 or last or stopping:
+                checkpoint(iteration)
+            if stopping:
+                raise stopped(members, iteration, int(t.iterations), engine)
+        if e.responses:  # every rank holds part of the test set
+            for m, responses in zip(members, measure_responses(stepper, data.test, engine)):
+                if engine.is_main:
+                    m.run.write_responses(responses)
+        # the final model under each protocol the tables need (ImageNet: 10-crop, multi-scale)
+        finals = {protocol: evaluate(stepper, test, engine) for protocol, test in data.final_tests.items()}
+        for k, m in enumerate(members):
+            if finals:
+                m.summary.final_eval = {p: dict(zip(("top1_error", "top5_error"), errors[k])) for p, errors in finals.items()}
+        return [finish_summary(m, engine, wall_s(m)) for m in members]
