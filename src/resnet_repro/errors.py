@@ -11,3 +11,8 @@ class TrainingDiverged(UserError):
 
 class Interrupted(UserError):
     """SIGINT/SIGTERM: the checkpoint is saved; the same command resumes."""
+
+
+class WriteFailed(UserError):
+    """A file could not be written (full disk, read-only folder, no permission): the message names it and
+    says what to do. Writes are atomic, so the file it would have replaced is still whole."""

@@ -25,7 +25,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 
 from .config import DECODES, data_root
 from .data import Data, epoch_generator
-from .errors import UserError
+from .errors import UserError, WriteFailed
 from .hardware import usable_cores
 from .imagenet_transforms import (Normalize, Sizes, augment, image_rng, lighting_shift, resized_dims,
                                   sizes_from_config, test_views)
@@ -358,7 +358,7 @@ def mean_for(files: ImageFiles, sizes: Sizes, mode: str, count: int, workers: in
         buf = io.BytesIO()
         torch.save(mean, buf)
         atomic_write_bytes(cache, buf.getvalue())
-    except OSError:  # read-only data folder: recompute next time
+    except WriteFailed:  # a read-only data folder: recompute it next time
         pass
     return mean
 

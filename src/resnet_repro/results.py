@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import fcntl
 import io
 import json
@@ -23,7 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from .config import make_dir
-from .errors import UserError
+from .errors import UserError, WriteFailed
 
 METRICS_COLUMNS = ["iteration", "epoch", "lr", "train_loss", "train_error", "test_error",
                    "test_top5_error", "images_per_s", "wall_s"]
@@ -178,18 +179,37 @@ class Unreadable(UserError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: a reader sees the old file or the new, never half."""
+    """Temp file in the same folder, fsync, rename: a reader sees the old file or the new, never half. A
+    write that fails (full disk, read-only folder) is `WriteFailed`, the old file left whole."""
     make_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise WriteFailed(write_failure(path, e)) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_failure(path: Path, error: OSError) -> str:
+    """One line: the file, why it could not be written, and what to do."""
+    why = {errno.ENOSPC: "no space left on its disk", errno.EDQUOT: "the disk quota is used up",
+           errno.EROFS: "its file system is read-only", errno.EACCES: "permission denied",
+           errno.EPERM: "permission denied"}.get(error.errno, error.strerror or type(error).__name__)
+    return (f"cannot write {path}: {why}; free space or make the folder writable (or give another --results-dir "
+            f"or --runs-dir), then run the same command again: finished runs and the last checkpoint are kept")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -242,7 +262,11 @@ class RunDir:
             yield True
             return
         make_dir(self.path)
-        with open(self.path / ".lock", "w") as f:
+        try:
+            f = open(self.path / ".lock", "w")  # held open for the whole block below
+        except OSError as e:
+            raise WriteFailed(write_failure(self.path / ".lock", e)) from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
