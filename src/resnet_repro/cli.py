@@ -7,6 +7,7 @@ answer at once; each command imports what it needs."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from functools import wraps
@@ -124,6 +125,8 @@ def parse_archs(text: str) -> list[str]:
     return archs
 
 
+LOG_EVERY_S = 30  # where output is a log, not a terminal: a line per run at most this often, and every evaluation
+
 # `--arch plain,resnet`: one option naming several choices, listed in --help by its metavar
 ARCHS_METAVAR = "<" + "|".join(a.value for a in Arch) + ">,..."
 
@@ -166,28 +169,36 @@ def _train_and_report(cfg, restart: bool) -> None:
         if not interactive:
             console.print(f"{run_cfg.run.id}: {status} ({run.path})", highlight=False)
 
+    logged: dict[str, float] = {}  # run id -> when its last line was printed (output that is not a terminal)
+
     def on_row(run_cfg, row):
         err = row.get("test_error")
         status = f"train {row['train_error']:.1f}%" + (f" test {err:.2f}%" if err is not None else "")
         progress.update(task, completed=row["iteration"], status=status)
+        last = logged.get(run_cfg.run.id)
+        if not interactive and (last is None or err is not None or time.monotonic() - last >= LOG_EVERY_S):
+            console.print(runner.progress_line(run_cfg, row), highlight=False)
+            logged[run_cfg.run.id] = time.monotonic()
 
     with progress:
         summaries = runner.run_experiment(cfg, restart=restart, on_run=on_run, on_row=on_row)
     for s in summaries:
         console.print(f"{s.run_id}: test error {s.final_test_error:.2f}% after {s.iterations_done} "
                       f"iterations ({s.profile_label}, {s.wall_s:.0f} s)", highlight=False)
-    _print_written(runner.finish(cfg), config_mod.runs_root(cfg))
+    asked = {r.run.model_name for r in config_mod.expand_runs(cfg)}
+    _print_written(runner.finish(cfg), config_mod.runs_root(cfg), asked)
 
 
-def _print_written(written: list, runs_dir: Path) -> None:
-    """'wrote', 'note' and 'missing' lines for the files and figures made, then a warning for each run
-    directory with a file that cannot be read (the tables and figures leave that run out)."""
+def _print_written(written: list, runs_dir: Path, asked: set[str] | None = None) -> None:
+    """'wrote', 'note' and 'missing' lines for the files and figures made ('missing' only for the nets in
+    `asked`, where a command trained some), then a warning for each run directory with a file that cannot
+    be read (the tables and figures leave that run out)."""
     from .plots import output_lines
     from .runs import load_runs, unreadable
 
     styles = {"wrote": "wrote {}", "note": "note: {}", "missing": "[yellow]missing:[/yellow] {}"}
     for item in written:
-        for kind, text in output_lines(item):
+        for kind, text in output_lines(item, asked):
             console.print(styles[kind].format(text), highlight=False)
     for problem in unreadable(load_runs(runs_dir)):
         err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, soft_wrap=True)

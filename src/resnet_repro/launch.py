@@ -69,9 +69,7 @@ def train_one(cfg: DictConfig, overrides: list[str]) -> Summary:
             log.info(f"{run_cfg.run.id}: {status} ({run.path})")
 
     def on_row(run_cfg, row):
-        err = row.get("test_error")
-        log.info(f"iteration {row['iteration']}: lr {row['lr']:g} train {row['train_error']:.2f}%"
-                 + (f" test {err:.2f}%" if err is not None else "") + f" {row['images_per_s']:.0f} img/s")
+        log.info(runner.progress_line(run_cfg, row))
 
     return runner.run_experiment(cfg, on_run=on_run, on_row=on_row)[0]
 
@@ -88,8 +86,9 @@ def job(cfg: DictConfig) -> float | None:
     except UserError as e:
         log.error(f"error: {e}")
         sys.exit(2)
-    log.info(f"{summary.run_id}: test error {summary.final_test_error:.2f}% after "
-             f"{summary.iterations_done} iterations ({summary.wall_s:.0f} s)")
+    if is_main_process():  # every rank returns the same summary
+        log.info(f"{summary.run_id}: test error {summary.final_test_error:.2f}% after "
+                 f"{summary.iterations_done} iterations ({summary.wall_s:.0f} s)")
     return summary.final_test_error  # what a Hydra sweeper would minimise
 
 

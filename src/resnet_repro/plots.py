@@ -53,16 +53,19 @@ class FigureResult:
     paths: list[Path] = field(default_factory=list)
     drawn: list[str] = field(default_factory=list)  # "<profile>/<run_id>" of each run drawn
     missing: list[str] = field(default_factory=list)  # "<net>: `<command that makes it>`"
+    missing_nets: list[str] = field(default_factory=list)  # the nets of `missing`, as runs name them
     notes: list[str] = field(default_factory=list)  # seeds left out, runs with nothing to draw yet, axes widened
     partial: bool = False  # some net is missing or drawn from an unfinished run
 
 
-def output_lines(written: Path | FigureResult) -> list[tuple[str, str]]:
-    """What to tell about a file written or a figure drawn, as (kind, text): "wrote", "note", "missing"."""
+def output_lines(written: Path | FigureResult, asked: set[str] | None = None) -> list[tuple[str, str]]:
+    """What to tell about a file written or a figure drawn, as (kind, text): "wrote", "note", "missing";
+    with `asked` (the nets a command trains), "missing" only for those."""
     if not isinstance(written, FigureResult):
         return [("wrote", str(written))]
     paths = [("wrote", f"{p}" + (" (partial)" if written.partial else "")) for p in written.paths]
-    return paths + [("note", n) for n in written.notes] + [("missing", m) for m in written.missing]
+    missing = [m for m, net in zip(written.missing, written.missing_nets) if asked is None or net in asked]
+    return paths + [("note", n) for n in written.notes] + [("missing", m) for m in missing]
 
 
 def plot_all(runs_dir: Path, results_dir: Path, profile: str | None = None,
@@ -117,7 +120,7 @@ def plot_figure(name: str, runs_dir: Path, results_dir: Path, profile: str | Non
     missing = [_missing(name, m, runs, profile, command_profile) for m in required if m not in picked]
     commands = {m: _run_command(name, m, command_profile) for m in required if m not in picked}
     result = FigureResult(name, None, drawn=[f"{r.profile}/{r.run_id}" for r in picked.values()], missing=missing,
-                          notes=notes)
+                          missing_nets=[m for m in required if m not in picked], notes=notes)
     result.partial = bool(result.missing) or any(r.status != "finished" for r in picked.values())
     if not picked:
         return result

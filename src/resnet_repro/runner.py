@@ -59,6 +59,10 @@ def run_experiment(
     `on_row(run_cfg, row)` gets every metrics row. Under `engine.pack` the runs of a pack
     (packing.plan_packs) train together, as one net."""
     runs = expand_runs(cfg)
+    if not runs and set(cfg.experiment.reports) - {"table1"}:
+        raise UserError(f"experiment {cfg.experiment.name} makes no runs: nothing to train and nothing new to report"
+                        + (" (resnet-repro sweep cifar --n 3,5 fills it)" if cfg.experiment.name == "sweep_cifar" else "")
+                        + "; `resnet-repro report` and `plot all` redraw the tables and figures of finished runs")
     root = runs_root(cfg)
     engine = setup_engine(cfg)
     for run_cfg in runs:  # a net that cannot fit is refused before any run starts, and before it is built
@@ -99,6 +103,25 @@ def run_experiment(
                     for s in fit(members, stepper, data, engine, on_row, stop):
                         summaries[s.run_id] = s
     return [summaries[r.run.id] for r in runs if r.run.id in summaries]
+
+
+def progress_line(run_cfg: DictConfig, row: dict) -> str:
+    """One metrics row as a line of a log (nohup, a cluster's log file, CI): how far, how well, how fast."""
+    done, total = int(row["iteration"]), int(run_cfg.train.iterations)
+    test = row.get("test_error")
+    speed = row["images_per_s"]
+    left = (total - done) * int(run_cfg.train.batch_size) / speed if speed else float("nan")
+    return (f"{run_cfg.run.id}: iteration {done:,}/{total:,}, lr {row['lr']:g}, train error {row['train_error']:.2f}%"
+            + (f", test error {test:.2f}%" if test is not None else "")
+            + f", {speed:,.0f} images/s, {_clock(row['wall_s'])} trained, about {_clock(left)} left")
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no speed yet
+        return "?"
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}:{m:02d}:{s:02d}"
 
 
 def finish(cfg: DictConfig) -> list[Path | FigureResult]:
