@@ -29,7 +29,8 @@ from .config import compose_experiment, data_root, expand_runs
 from .engine import setup_engine
 from .errors import UserError
 from .hardware import device_name, usable_cores
-from .imagenet import FolderLoader, ImageFiles, decodes_on_device, find_split, list_images
+from .device_decode import decodes_on_device
+from .imagenet import FolderLoader, ImageFiles, find_split, list_images
 from .imagenet_transforms import Normalize, sizes_from_config
 from .results import atomic_write_bytes, atomic_write_text, git_commit
 from .steppers import Solo, prepare_model

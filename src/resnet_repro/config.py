@@ -137,7 +137,7 @@ NAMED_VARIANTS = {
 PRECISION_TAGS = ("bf16", "fp16", "tf32", "fp32")
 
 
-DECODES = ("auto", "cpu", "gpu")  # engine.decode: where ImageNet JPEGs are decoded (imagenet.decodes_on_device)
+DECODES = ("auto", "cpu", "gpu")  # engine.decode: where ImageNet JPEGs are decoded (device_decode.decodes_on_device)
 
 
 def override_role(key: str) -> str:

@@ -27,7 +27,7 @@ from .imagenet import ImageFiles, TestLoader, decode_workers, find_split, list_i
 from .imagenet_transforms import sizes_from_config, torchvision_normalize
 from .models import build_model, from_torchvision
 from .results import TEST_PROTOCOLS, RunDir, Summary, git_commit, now
-from .scoring import measure_responses, top_k_wrong, view_scores
+from .scoring import measure_responses, one_algorithm_per_shape, top_k_wrong, view_scores
 from .steppers import Scorer
 
 
@@ -116,14 +116,15 @@ def collect_scores(model: nn.Module, loader: TestLoader, engine: Engine, label_m
     """Softmax scores averaged over each image's views, (N, classes) in the split's order, and labels."""
     model.eval()
     scores = labels = None
-    for views, _, idx in loader.indexed():
-        s = view_scores(Scorer(model, engine), views, engine)[:, 0]
-        if scores is None:
-            scores = torch.zeros(len(loader.files), s.shape[1])
-            labels = torch.tensor(loader.files.labels)
-            if label_map is not None:
-                labels = label_map[labels]
-        scores[idx] = s.cpu()
+    with one_algorithm_per_shape(loader):
+        for views, _, idx in loader.indexed():
+            s = view_scores(Scorer(model, engine), views, engine)[:, 0]
+            if scores is None:
+                scores = torch.zeros(len(loader.files), s.shape[1])
+                labels = torch.tensor(loader.files.labels)
+                if label_map is not None:
+                    labels = label_map[labels]
+            scores[idx] = s.cpu()
     return scores, labels
 
 

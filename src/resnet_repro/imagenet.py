@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg, read_file
+from torchvision.io import read_file
 
-from .config import DECODES, data_root
+from .config import data_root
 from .data import Data, epoch_generator
+from .device_decode import DecodeStreams, ahead, decode_bytes, decode_on, decodes_on_device, to_device
 from .errors import UserError, WriteFailed
 from .hardware import usable_cores
-from .imagenet_transforms import (Normalize, Sizes, augment, image_rng, lighting_shift, resized_dims,
-                                  sizes_from_config, test_views)
+from .imagenet_transforms import Normalize, Sizes, augment, image_rng, resized_dims, sizes_from_config, test_views
 from .results import TEST_PROTOCOLS, DataId, atomic_write_bytes
 
 # torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec (not a dependency here);
@@ -95,59 +95,8 @@ def list_images(folder: Path, per_class: int | None = None, max_classes: int | N
     return ImageFiles(paths, labels, list(classes), folder)
 
 
-def decode_bytes(data: torch.Tensor, path: str) -> torch.Tensor:
-    """uint8 (3, H, W) RGB on the CPU from a file's bytes; grey and CMYK JPEGs are converted."""
-    try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError as e:
-        raise UserError(f"cannot decode image {path} ({e})")
-
-
 def read_image(path: str) -> torch.Tensor:
     return decode_bytes(read_file(path), path)
-
-
-def decode_on(device: torch.device, data: list[torch.Tensor], paths: list[str]) -> list[torch.Tensor]:
-    """A batch of files' bytes as uint8 (3, H, W) RGB images on `device`. On CUDA one nvJPEG call
-    decodes the whole batch; a batch nvJPEG refuses (a PNG named .JPEG, as ImageNet has, or a JPEG
-    it cannot read) is decoded file by file, and what nvJPEG still refuses, on the CPU."""
-    if device.type != "cuda":
-        return [decode_bytes(d, p).to(device) for d, p in zip(data, paths)]
-    try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        pass
-    images = []
-    for d, p in zip(data, paths):
-        try:
-            images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            images.append(decode_bytes(d, p).to(device, non_blocking=True))
-    return images
-
-
-def nvjpeg_works(device: torch.device) -> bool:
-    """Whether torchvision can decode JPEGs on this device (a CUDA build with nvJPEG)."""
-    if device.type != "cuda":
-        return False
-    try:
-        probe = encode_jpeg(torch.zeros(3, 16, 16, dtype=torch.uint8))
-        return decode_jpeg(probe, device=device).shape == (3, 16, 16)
-    except Exception:  # no nvJPEG in this build, or the driver refuses: the CPU path still works
-        return False
-
-
-def decodes_on_device(setting: str, device: torch.device) -> bool:
-    """`engine.decode`: cpu (workers decode), gpu (nvJPEG on the training GPU), or auto (gpu where it works)."""
-    if setting not in DECODES:
-        raise UserError(f"engine.decode={setting}: choose one of {', '.join(DECODES)}")
-    if setting == "cpu":
-        return False
-    works = nvjpeg_works(device)
-    if setting == "gpu" and not works:
-        why = "this run trains on the CPU" if device.type != "cuda" else "nvJPEG decoding failed on this GPU"
-        raise UserError(f"engine.decode=gpu: {why}; use engine.decode=auto or engine.decode=cpu")
-    return works
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -254,22 +203,31 @@ class FolderLoader:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         crops = self._device_crops(epoch, start_batch) if self.decode_on_device else self._worker_crops(epoch, start_batch)
         for x, y, alpha in crops:
-            yield self.normalize(x, lighting_shift(alpha)), y
+            yield self.normalize(x, self.normalize.lighting(alpha)), y
 
     def _worker_crops(self, epoch: int, start_batch: int):
         dataset = TrainSet(self.files, self.sizes, self.lighting_std, self.seed, epoch)
         for x, y, alpha in _loader(dataset, self.batches(epoch, start_batch), self.workers, self.device):
-            yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
+            yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),  # pinned by the loader
                    alpha.to(self.device, non_blocking=True))
 
     def _device_crops(self, epoch: int, start_batch: int):
+        """Workers read the files; the device decodes and augments each batch a batch ahead of training."""
         batches = _loader(FileBytes(self.files), self.batches(epoch, start_batch), self.workers, self.device,
                           _byte_batch)
-        for flat, lengths, y, index in batches:
-            images = decode_on(self.device, list(flat.split(lengths)), [self.files.paths[i] for i in index])
-            views, alphas = zip(*(augment(img, image_rng(self.seed, epoch, i), self.sizes, self.lighting_std)
-                                  for img, i in zip(images, index)))
-            yield torch.stack(views), y.to(self.device, non_blocking=True), torch.stack(alphas).to(self.device)
+        streams = DecodeStreams(self.device)
+
+        def crops(batch):
+            flat, lengths, y, index = batch
+            with streams.decoding():
+                images = decode_on(self.device, list(flat.split(lengths)), [self.files.paths[i] for i in index])
+            with streams.augmenting(images):
+                views, alphas = zip(*(augment(img, image_rng(self.seed, epoch, i), self.sizes, self.lighting_std)
+                                      for img, i in zip(images, index)))
+                return streams.done((torch.stack(views), to_device(y, self.device),
+                                     to_device(torch.stack(alphas), self.device)))
+
+        yield from ahead(map(crops, batches), streams)
 
 
 class TestLoader:
@@ -309,11 +267,19 @@ class TestLoader:
         """(views, labels, image indices) for this rank."""
         mine = [b for b in (b[self.rank :: self.world] for b in self.batches()) if b]
         if self.decode_on_device:
-            for flat, lengths, y, index in _loader(FileBytes(self.files), mine, self.workers, self.device, _byte_batch):
-                images = decode_on(self.device, list(flat.split(lengths)), [self.files.paths[i] for i in index])
-                per_image = [test_views(img, self.protocol, self.sizes) for img in images]
-                views = [torch.stack(v) for v in zip(*per_image)]
-                yield [self.normalize(v) for v in views], y.to(self.device), torch.tensor(index)
+            streams = DecodeStreams(self.device)
+
+            def views_of(batch):
+                flat, lengths, y, index = batch
+                with streams.decoding():
+                    images = decode_on(self.device, list(flat.split(lengths)), [self.files.paths[i] for i in index])
+                with streams.augmenting(images):
+                    per_image = [test_views(img, self.protocol, self.sizes) for img in images]
+                    views = [self.normalize(torch.stack(v)) for v in zip(*per_image)]
+                    return streams.done((views, to_device(y, self.device), torch.tensor(index)))
+
+            loader = _loader(FileBytes(self.files), mine, self.workers, self.device, _byte_batch)
+            yield from ahead(map(views_of, loader), streams)
             return
         for views, y, idx in _loader(TestSet(self.files, self.sizes, self.protocol), mine, self.workers, self.device):
             yield [self.normalize(v.to(self.device, non_blocking=True)) for v in views], y.to(self.device), idx

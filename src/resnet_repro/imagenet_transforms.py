@@ -136,19 +136,26 @@ def test_views(img: torch.Tensor, protocol: str, sizes: Sizes) -> list[torch.Ten
 # Float work on the device: mean subtraction and lighting
 
 
-def lighting_shift(alpha: torch.Tensor) -> torch.Tensor:
-    """RGB offsets (N, 3) for PCA coefficients alpha (N, 3): eigvec @ (alpha * eigval)."""
-    return (alpha * PCA_EIGVAL.to(alpha.device)) @ PCA_EIGVEC.to(alpha.device).T
+def lighting_shift(alpha: torch.Tensor, eigval: torch.Tensor = PCA_EIGVAL, eigvec: torch.Tensor = PCA_EIGVEC
+                   ) -> torch.Tensor:
+    """RGB offsets (N, 3) for PCA coefficients alpha (N, 3): eigvec @ (alpha * eigval), with the PCA on
+    alpha's device (`Normalize` keeps a copy there, made once: a copy per batch would sync the host)."""
+    return (alpha * eigval) @ eigvec.T
 
 
 class Normalize:
-    """uint8 batches to float: x/255 (+ lighting) - mean (/ std). A per-pixel mean image is resized
-    to inputs of other sizes (multi-scale testing)."""
+    """uint8 batches to float: x/255 (+ lighting) - mean (/ std), every constant on the device once. A
+    per-pixel mean image is resized to inputs of other sizes (multi-scale testing)."""
 
     def __init__(self, mean: torch.Tensor, device: torch.device, std: torch.Tensor | None = None):
         self.mean = mean.to(device, torch.float32)
         self.std = None if std is None else std.to(device, torch.float32).view(3, 1, 1)
+        self.eigval, self.eigvec = PCA_EIGVAL.to(device), PCA_EIGVEC.to(device)
         self._resized: dict[tuple[int, int], torch.Tensor] = {}
+
+    def lighting(self, alpha: torch.Tensor) -> torch.Tensor:
+        """`lighting_shift` with the device's copy of the PCA."""
+        return lighting_shift(alpha, self.eigval, self.eigvec)
 
     def mean_for(self, h: int, w: int) -> torch.Tensor:
         if self.mean.shape[-2:] in ((1, 1), (h, w)):

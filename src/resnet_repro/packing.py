@@ -222,6 +222,7 @@ class PackedSGD:
         self.names, self.params = zip(*((name, p) for name, p in model.named_parameters() if p.requires_grad))
         self.members, self.momentum, self.weight_decay, self.fused = model.members, momentum, weight_decay, fused
         self.buffers: list[torch.Tensor] | None = None
+        self._views, self._views_of, self._groups = None, [], {}  # `_member_views`, the lists `step` hands on
         self.steps = 0
         self.lrs: list[float] = [0.0] * self.members  # the last step's, for `member_optimizer_state`
 
@@ -236,19 +237,30 @@ class PackedSGD:
             elif p.grad is not None:
                 p.grad.zero_()
 
+    def _member_views(self) -> list[list[tuple[torch.Tensor, ...]]]:
+        """Each member's views of every parameter, gradient and momentum buffer, made once: they stay valid
+        while the tensors do (gradients zeroed in place, `zero_grad(set_to_none=False)`), and are made again
+        only when a tensor is replaced."""
+        grads = [p.grad for p in self.params]
+        if self._views is None or any(g is not c for g, c in zip(grads, self._views_of)):
+            live = [i for i, g in enumerate(grads) if g is not None]
+            self._views = [[self._slices(i, t[i]) for i in live] for t in (self.params, grads, self.buffers)]
+            self._views_of, self._groups = grads, {}
+        return self._views
+
     @torch.no_grad()
     def step(self, lrs: Sequence[float] | torch.Tensor) -> None:
         lrs = [float(v) for v in (lrs.tolist() if isinstance(lrs, torch.Tensor) else lrs)]
         if len(lrs) != self.members:
             raise ValueError(f"{len(lrs)} learning rates for a pack of {self.members}")
         if self.buffers is None:
-            self.buffers = [torch.zeros_like(p) for p in self.params]
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [p.grad for p in self.params]
-        slices = [[self._slices(i, t[i]) for i in live] for t in (self.params, grads, self.buffers)]
+            self.buffers, self._views = [torch.zeros_like(p) for p in self.params], None
+        views = self._member_views()
         for lr in dict.fromkeys(lrs):  # members that share an lr go in one call
-            ks = [k for k, v in enumerate(lrs) if v == lr]
-            self._sgd(*([s[k] for s in per for k in ks] for per in slices), lr)
+            ks = tuple(k for k, v in enumerate(lrs) if v == lr)
+            if ks not in self._groups:
+                self._groups[ks] = [[s[k] for s in per for k in ks] for per in views]
+            self._sgd(*self._groups[ks], lr)
         self.steps += 1
         self.lrs = lrs
 
@@ -275,6 +287,7 @@ class PackedSGD:
             self.buffers = [torch.zeros_like(p).copy_(b) for p, b in zip(self.params, buffers)]
         else:
             self.buffers = None
+        self._views = None
         self.steps, self.lrs = int(state["steps"]), [float(v) for v in state["lrs"]]
         self.momentum, self.weight_decay = float(state["momentum"]), float(state["weight_decay"])
 

@@ -9,6 +9,7 @@ and `forward(x)` (a training batch, as the net's loader gives it). Counts are su
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -32,6 +33,20 @@ def top_k_wrong(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([(top5[..., 0] != labels[:, None]).sum(0), (top5 != labels[:, None, None]).all(-1).sum(0)], 1)
 
 
+@contextlib.contextmanager
+def one_algorithm_per_shape(loader):
+    """cuDNN's autotuner (`benchmark`, on for training's fixed shapes) times every algorithm for each new
+    input shape; multi-scale testing meets a new shape in almost every batch, so it is off there."""
+    if getattr(loader, "protocol", None) != "multiscale" or not torch.backends.cudnn.benchmark:
+        yield
+        return
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = True
+
+
 @torch.inference_mode()
 def evaluate(net, loader, engine) -> list[tuple[float, float]]:
     """Top-1 and top-5 error (%) of each member, in eval mode, over the loader."""
@@ -39,9 +54,10 @@ def evaluate(net, loader, engine) -> list[tuple[float, float]]:
     was_training = module.training
     module.eval()
     counts = torch.zeros(net.members, 3, device=engine.device)
-    for views, y in loader:
-        wrong = top_k_wrong(view_scores(net, views, engine), y)
-        counts += torch.cat([wrong, wrong.new_full((net.members, 1), y.shape[0])], 1)
+    with one_algorithm_per_shape(loader):
+        for views, y in loader:
+            wrong = top_k_wrong(view_scores(net, views, engine), y)
+            counts += torch.cat([wrong, wrong.new_full((net.members, 1), y.shape[0])], 1)
     module.train(was_training)
     if engine.world > 1:
         dist.all_reduce(counts)

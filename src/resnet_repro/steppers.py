@@ -138,6 +138,7 @@ class Packed:
         self.solos, self.engine, self.members = list(solos), engine, len(solos)
         packed = PackedCifarResNet.from_members([model for model, _ in self.solos])
         self.module = packed.to(memory_format=torch.channels_last) if engine.channels_last else packed
+        self.stepping = compiled(self.module, engine)  # as a solo run's: CUDA graphs on one GPU; the optimizer eager
         self.optimizer = self._optimizer()
 
     def _optimizer(self) -> PackedSGD:
@@ -160,10 +161,12 @@ class Packed:
         return PackedLoader(loaders)
 
     def step(self, lrs: Sequence[float], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.engine.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         with self.engine.autocast():
-            logits = self.module(self.engine.prepare(x))
+            logits = self.stepping(self.engine.prepare(x))
         loss, per_member = packed_loss_and_errors(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=False)  # in place: PackedSGD's views of the gradients stay valid
         loss.backward()
         self.optimizer.step(lrs)
         return per_member
