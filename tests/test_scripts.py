@@ -29,7 +29,8 @@ def test_the_probe_writes_every_result_as_it_goes_and_keeps_to_its_time(tmp_path
     assert results[-1]["seconds"] < 30
     speeds = [r for r in results if r["check"] == "images/s"]
     assert len(speeds) == 10 and all("images_per_s" in r or "skipped" in r for r in speeds)  # n 3, 9 x K 0,1,4,8,16
-    assert speeds[0]["images_per_s"] > 0 and "bench.csv" in os.listdir(tmp_path)
+    measured = [r for r in speeds if "images_per_s" in r]  # on a loaded machine the short budget may allow none
+    assert all(r["images_per_s"] > 0 for r in measured) and ("bench.csv" in os.listdir(tmp_path)) == bool(measured)
 
 
 def test_training_stops_at_its_deadline_and_every_run_comes_back(tmp_path):

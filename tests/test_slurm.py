@@ -1,36 +1,164 @@
-"""`python -m resnet_repro.launch -m hydra/launcher=slurm`: a grid as real SLURM jobs, through Hydra's
-submitit plugin, on whatever cluster `slurm_env` reaches (scripts/slurm_local.sh start: this machine)."""
+"""On a real SLURM cluster (`slurm_env`: whatever cluster answers; scripts/slurm_local.sh start makes one of
+this machine, CI starts it): Hydra's submitit launcher runs one job per run, started from the CLI or from
+`python -m resnet_repro.launch`. A grid equals the same runs trained here; a job preempted (SIGUSR2, as a
+cluster sends before preempting) or at its time limit is requeued and resumes to identical metrics; one run
+over two SLURM tasks equals it under torchrun; a failing job is one line and the others finish."""
 
+import csv
+import os
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from slurm_cluster import slurm_env  # noqa: F401
+from typer.testing import CliRunner
 
+from resnet_repro.cli import app
 from resnet_repro.results import RunDir
+
+pytestmark = pytest.mark.slurm
 
 # What conf/hydra/launcher/slurm.yaml asks for that a one-node CPU test cluster cannot give: a GPU,
 # 4 CPUs and 16 GB per job. timeout_min: a job left behind by a failed test ends by itself.
-CPU_JOBS = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-            "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+CPU_JOBS = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+            "hydra.launcher.timeout_min=10"]
+TIMING = {"images_per_s", "wall_s"}
+# one run long enough to be stopped mid-way: ResNet-8 on the bundled sample, a checkpoint every 50 steps
+LONG = ["profile=smoke", "model.n=1", "engine.device=cpu", "engine.threads=1", "engine.responses=false",
+        "train.iterations=1200", "train.milestones=[800]", "engine.log_every=50", "engine.eval_every=400",
+        "engine.checkpoint_every=50"]
 
 
-@pytest.mark.slurm
-def test_a_two_seed_grid_trains_as_two_slurm_jobs(tmp_path, slurm_env):  # noqa: F811
-    name = f"resnet-repro-test-{tmp_path.name}"
-    args = ["-m", *CPU_JOBS, f"hydra.launcher.name={name}", "profile=smoke", "model.n=1", "seed=0,1",
-            "engine.device=cpu", "engine.threads=1", "engine.responses=false",
-            f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 'hydra'}"]
+def rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def launch(tmp_path, env, name, *args, timeout=400):
+    """`python -m resnet_repro.launch -m hydra/launcher=slurm ...`; its jobs cancelled afterwards in any case."""
+    cmd = [sys.executable, "-m", "resnet_repro.launch", "-m", "hydra/launcher=slurm", *CPU_JOBS,
+           f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *args]
     try:
-        out = subprocess.run([sys.executable, "-m", "resnet_repro.launch", *args], cwd=tmp_path, env=slurm_env,
-                             capture_output=True, text=True, timeout=300)
-    finally:  # a job the launcher gave up on (timeout, error) must not outlive the test
-        subprocess.run(["scancel", f"--name={name}"], env=slurm_env, capture_output=True, timeout=30)
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    finally:
+        subprocess.run(["scancel", f"--name={name}"], env=env, capture_output=True, timeout=30)
+
+
+def job_name(tmp_path) -> str:
+    return f"rr-{tmp_path.name}"[:60]
+
+
+def test_the_cli_submits_a_grid_whose_runs_equal_the_same_runs_trained_here(tmp_path, slurm_env, monkeypatch):
+    for key, value in slurm_env.items():
+        monkeypatch.setenv(key, value)
+    grid = ["sweep", "cifar", "--n", "1", "--arch", "plain,resnet", "profile=smoke", "seeds=2", "engine.threads=1",
+            "engine.responses=false"]
+    name = job_name(tmp_path)
+    try:
+        there = CliRunner().invoke(app, [*grid, "--launcher", "slurm", *CPU_JOBS, f"hydra.launcher.name={name}",
+                                         f"hydra.sweep.dir={tmp_path / 'hydra'}", "--results-dir",
+                                         str(tmp_path / "slurm" / "results")])
+    finally:
+        subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30)
+    assert there.exit_code == 0, there.output
+    here = CliRunner().invoke(app, [*grid, "--results-dir", str(tmp_path / "local" / "results")])
+    assert here.exit_code == 0, here.output
+    ids = sorted(p.name for p in (tmp_path / "local" / "experiments" / "smoke").iterdir())
+    assert ids == ["plain8-seed0-sample", "plain8-seed1-sample", "resnet8-A-seed0-sample", "resnet8-A-seed1-sample"]
+    for run_id in ids:
+        a, b = (tmp_path / w / "experiments" / "smoke" / run_id for w in ("slurm", "local"))
+        assert RunDir(a).read_summary().status == "finished" and rows(a) == rows(b), run_id
+    assert (tmp_path / "slurm" / "results" / "table6.md").exists()  # the reports, once every job had ended
+
+
+def test_a_failing_job_is_one_line_and_the_others_finish(tmp_path, slurm_env):
+    out = launch(tmp_path, slurm_env, job_name(tmp_path), "profile=smoke", "model.n=1,0", "engine.threads=1",
+                 "engine.responses=false", f"results_dir={tmp_path / 'results'}")
+    log = out.stdout + out.stderr
+    assert out.returncode == 1, log
+    failed = [line for line in log.splitlines() if "job failed:" in line]
+    assert len(failed) == 1 and "model.n=0: use a whole number >= 1" in failed[0], log
+    assert "Traceback" not in log
+    [done] = (tmp_path / "experiments" / "smoke").iterdir()
+    assert done.name == "resnet8-A-seed0-sample" and RunDir(done).finished
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The long run trained here without a stop, to compare the requeued ones with."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    out = subprocess.run([sys.executable, "-m", "resnet_repro", "run", "custom", *LONG, "--results-dir",
+                          str(root / "results")], capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stdout + out.stderr
-    runs = sorted((tmp_path / "experiments" / "smoke").iterdir())
-    assert [p.name.split("-")[2] for p in runs] == ["seed0", "seed1"], runs
-    for path in runs:
-        summary = RunDir(path).read_summary()
-        assert summary.status == "finished" and summary.iterations_done == summary.iterations, path
-    results = sorted(p.name for p in (tmp_path / "hydra" / ".submitit").glob("*/*_0_result.pkl"))
-    assert len(results) == 2, results  # one array job, two tasks: each returned through submitit
+    [run] = (root / "experiments" / "smoke").iterdir()
+    return rows(run)
+
+
+def wait_for(path_glob, root: Path, timeout: float = 180) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = sorted(root.glob(path_glob))
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"nothing matched {path_glob} under {root} in {timeout} s")
+
+
+def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env, uninterrupted):
+    name = job_name(tmp_path)
+    cmd = [sys.executable, "-m", "resnet_repro.launch", "-m", "hydra/launcher=slurm", *CPU_JOBS,
+           f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *LONG,
+           f"results_dir={tmp_path / 'results'}"]
+    launcher = subprocess.Popen(cmd, cwd=tmp_path, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    try:
+        wait_for("experiments/smoke/*/checkpoint.pt", tmp_path)
+        job = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], env=slurm_env, capture_output=True,
+                             text=True).stdout.split()[0]
+        # what a cluster sends before preempting; not --batch or --full: the job's Python must get it
+        subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
+        log = launcher.communicate(timeout=400)[0]
+    finally:
+        launcher.kill()
+        subprocess.run(["scancel", f"--name={name}"], env=slurm_env, capture_output=True, timeout=30)
+    assert launcher.returncode == 0, log
+    [run] = (tmp_path / "experiments" / "smoke").iterdir()
+    job_log = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*.log"))
+    assert "resume" in job_log, job_log  # the requeued job went on from the checkpoint
+    assert RunDir(run).finished and rows(run) == uninterrupted
+
+
+def test_a_job_at_its_time_limit_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env, uninterrupted):
+    out = launch(tmp_path, slurm_env, job_name(tmp_path), *LONG, f"results_dir={tmp_path / 'results'}",
+                 "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=8",
+                 timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    [run] = (tmp_path / "experiments" / "smoke").iterdir()
+    job_log = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*.log"))
+    assert "resume" in job_log, job_log  # it did not fit one minute: it was signalled, requeued and resumed
+    assert RunDir(run).finished and rows(run) == uninterrupted
+
+
+def test_one_run_over_two_slurm_tasks_equals_it_under_torchrun(tmp_path, slurm_env):
+    run = ["profile=smoke", "model.n=1", "engine.device=cpu", "engine.threads=1", "engine.responses=false",
+           "train.iterations=20", "train.milestones=[10]", "engine.log_every=5", "engine.eval_every=10"]
+    (tmp_path / "slurm").mkdir()
+    out = launch(tmp_path / "slurm", slurm_env, job_name(tmp_path), *run, "hydra.launcher.tasks_per_node=2",
+                 f"results_dir={tmp_path / 'slurm' / 'results'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    local = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={port}", "-m", "resnet_repro", "run",
+                            "custom", *run, "--results-dir", str(tmp_path / "local" / "results")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("SLURM")})
+    assert local.returncode == 0, local.stdout + local.stderr
+    [a] = (tmp_path / "slurm" / "experiments" / "smoke").iterdir()
+    [b] = (tmp_path / "local" / "experiments" / "smoke").iterdir()
+    assert RunDir(a).read_summary().world_size == RunDir(b).read_summary().world_size == 2
+    assert rows(a) == rows(b)

@@ -56,6 +56,17 @@ class Family(str, Enum):
     cifar = "cifar"
 
 
+class Launcher(str, Enum):
+    local = "local"  # train here, one run after another
+    slurm = "slurm"  # one SLURM job per run, through Hydra's submitit launcher
+
+
+LauncherOpt = Annotated[Launcher, typer.Option(
+    "--launcher", help="local: train here. slurm: one SLURM job per run through Hydra's submitit launcher "
+                       "(needs the slurm extra: pip install -e '.\\[slurm]'), waiting for them, then the tables and figures; "
+                       "hydra.launcher.KEY=VALUE overrides set partition, gpus_per_node, timeout_min, ...")]
+
+
 class Figure(str, Enum):
     fig1 = "fig1"
     fig4 = "fig4"
@@ -214,10 +225,15 @@ def run(
     runs_dir: RunsDir = None,
     config_dir: ConfigDir = None,
     restart: Restart = False,
+    launcher: LauncherOpt = Launcher.local,
 ):
     """Train what EXPERIMENT needs (resuming unfinished runs), then write its tables and figures."""
-    cfg = config_mod.compose_experiment(
-        experiment, [*(overrides or []), *_path_overrides(data_dir, results_dir, runs_dir)], config_dir)
+    ours, hydra_args = _hydra_apart(overrides)
+    paths = _path_overrides(data_dir, results_dir, runs_dir)
+    cfg = config_mod.compose_experiment(experiment, [*ours, *paths], config_dir)
+    if launcher is Launcher.slurm:
+        return _on_slurm(cfg, [f"experiment={experiment}", *ours, *paths], hydra_args, restart)
+    _refuse_hydra(hydra_args)
     _train_and_report(cfg, restart)
 
 
@@ -233,15 +249,54 @@ def sweep(
     runs_dir: RunsDir = None,
     config_dir: ConfigDir = None,
     restart: Restart = False,
+    launcher: LauncherOpt = Launcher.local,
 ):
     """One run per (arch, n, seed) on CIFAR-10."""
     ns, archs = parse_ints(n, "--n"), parse_archs(arch)
     if bad := [v for v in ns if v < 1]:
         raise UserError(f"--n must be >= 1 (depth 6n+2), got {bad[0]}")
-    cfg = config_mod.compose_experiment(
-        "sweep_cifar", [*(overrides or []), *_path_overrides(data_dir, results_dir, runs_dir)], config_dir)
+    ours, hydra_args = _hydra_apart(overrides)
+    paths = _path_overrides(data_dir, results_dir, runs_dir)
+    cfg = config_mod.compose_experiment("sweep_cifar", [*ours, *paths], config_dir)
     cfg.experiment.runs = config_mod.sweep_entries(archs, ns)
+    if launcher is Launcher.slurm:
+        entries = ",".join(f"{{arch:{a},n:{v}}}" for a, v in ((e["arch"], e["n"]) for e in cfg.experiment.runs))
+        return _on_slurm(cfg, ["experiment=sweep_cifar", f"experiment.runs=[{entries}]", *ours, *paths],
+                         hydra_args, restart)
+    _refuse_hydra(hydra_args)
     _train_and_report(cfg, restart)
+
+
+def _hydra_apart(overrides: list[str] | None) -> tuple[list[str], list[str]]:
+    """The overrides for our config, and those for Hydra itself (hydra.launcher.partition=gpu, ...)."""
+    overrides = list(overrides or [])
+    return [o for o in overrides if not o.startswith("hydra.")], [o for o in overrides if o.startswith("hydra.")]
+
+
+def _refuse_hydra(hydra_args: list[str]) -> None:
+    if hydra_args:
+        raise UserError(f"{hydra_args[0]}: hydra.* settings are for --launcher slurm (Hydra's launcher); "
+                        f"without it, leave them out")
+
+
+def _on_slurm(cfg, overrides: list[str], hydra_args: list[str], restart: bool) -> None:
+    """The experiment's runs as one SLURM job each, through Hydra's submitit launcher (launch.py): the same
+    run ids and run directories; waits for the jobs, then writes the tables and figures once."""
+    import importlib.util
+
+    if restart:
+        raise UserError("--restart is not for --launcher slurm: delete the unfinished run directories instead")
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        raise UserError("--launcher slurm needs Hydra's submitit launcher: pip install -e '.[slurm]'")
+    runs = config_mod.expand_runs(cfg)
+    if not runs:
+        raise UserError(f"experiment {cfg.experiment.name} makes no runs: nothing to submit")
+    from . import launch
+
+    sys.argv = ["resnet-repro", "-m", "hydra/launcher=slurm", *overrides, *hydra_args,
+                f"run_index=range(0,{len(runs)})"]
+    console.print(f"submitting {len(runs)} runs to SLURM: {', '.join(r.run.id for r in runs)}", highlight=False)
+    launch.main()
 
 
 BENCH_KINDS = ("cifar", "imagenet")

@@ -17,9 +17,11 @@ same overrides again and resumes from that checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
+import shutil
 import sys
 
 import hydra
@@ -29,12 +31,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
 from . import runner
-from .config import compose_experiment, config_dir, expand_runs
+from .config import MOVED, compose_experiment, config_dir, expand_runs, runs_root
 from .engine import is_main_process
 from .errors import Interrupted, UserError
 from .signals import Signalled
 from .plots import output_lines
-from .results import Summary
+from .results import RunDir, Summary, atomic_write_text
 
 log = logging.getLogger("resnet_repro.launch")
 
@@ -43,9 +45,11 @@ _FINISH_KEYS = ("experiment", "profile", "results_dir", "runs_dir")
 
 
 def _torch_env_from_slurm() -> None:
-    """A SLURM job with several tasks (tasks_per_node=GPUs) is one DDP run: give each task the
-    torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) that setup_engine reads."""
-    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+    """A SLURM job step of several tasks (tasks_per_node=GPUs) is one DDP run: give each task the torchrun
+    variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) that setup_engine reads. Only inside a
+    submitit job's step (`srun` sets SLURM_STEP_NUM_TASKS): a batch shell of an `sbatch -n 2` is one process."""
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "RANK" in os.environ or tasks <= 1 or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
         return
     try:
         from submitit.helpers import TorchDistributedEnvironment
@@ -54,15 +58,27 @@ def _torch_env_from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def train_one(cfg: DictConfig, overrides: list[str]) -> Summary:
-    """Train the single run `cfg` describes (as the CLI would for the same overrides)."""
-    with open_dict(cfg):
-        cfg.experiment.overrides = list(overrides)  # run ids and variants come from them, as in the CLI
+def chosen_runs(cfg: DictConfig) -> list[DictConfig]:
+    """The runs of one job: the `run_index`-th of the experiment's, or the one run its config makes."""
     runs = expand_runs(cfg)
+    index = cfg.get("run_index")
+    if index is not None:
+        if index >= len(runs):
+            raise UserError(f"run_index={index}: experiment {cfg.experiment.name} makes {len(runs)} runs (0 to "
+                            f"{len(runs) - 1})")
+        return [runs[index]]
     if len(runs) != 1:
         raise UserError(f"a launch job trains one run, this config makes {len(runs)} "
                         f"({', '.join(r.run.id for r in runs)}); fan out with -m instead, "
-                        f"e.g. -m model.n=3,5 seed=0,1")
+                        f"e.g. -m model.n=3,5 seed=0,1, or run_index=range(0,{len(runs)})")
+    return runs
+
+
+def train_one(cfg: DictConfig, overrides: list[str]) -> Summary:
+    """Train the single run `cfg` describes (as the CLI would for the same overrides)."""
+    with open_dict(cfg):
+        cfg.experiment.overrides = [o for o in overrides if not o.startswith("run_index=")]  # as in the CLI
+    runs = chosen_runs(cfg)
 
     def on_run(run_cfg, run, status):
         if is_main_process():
@@ -71,25 +87,47 @@ def train_one(cfg: DictConfig, overrides: list[str]) -> Summary:
     def on_row(run_cfg, row):
         log.info(runner.progress_line(run_cfg, row))
 
-    return runner.run_experiment(cfg, on_run=on_run, on_row=on_row)[0]
+    return runner.run_experiment(cfg, on_run=on_run, on_row=on_row, runs=runs)[0]
+
+
+FAILED = ".failed-jobs"  # under the runs folder: a job's one-line error, for the launching process to name
+
+
+def _record_failure(cfg: DictConfig, overrides: list[str], message: str) -> None:
+    text = " ".join(overrides)
+    name = hashlib.sha1(text.encode()).hexdigest()[:12]
+    atomic_write_text(runs_root(cfg) / FAILED / f"{name}.txt", f"{text}: {message}\n")
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def job(cfg: DictConfig) -> float | None:
-    """One point of the grid: train its run."""
+    """One point of the grid: train its run. A job that fails says why in one line, for the launching
+    process to repeat, and returns: the other jobs of the grid go on."""
     _torch_env_from_slurm()
+    overrides = list(HydraConfig.get().overrides.task)
     try:
-        summary = train_one(cfg, list(HydraConfig.get().overrides.task))
+        summary = train_one(cfg, overrides)
     except (Interrupted, Signalled) as e:
         log.warning(str(e))
         sys.exit(130)
     except UserError as e:
         log.error(f"error: {e}")
-        sys.exit(2)
+        if is_main_process():
+            _record_failure(cfg, overrides, str(e))
+        return None
     if is_main_process():  # every rank returns the same summary
         log.info(f"{summary.run_id}: test error {summary.final_test_error:.2f}% after "
                  f"{summary.iterations_done} iterations ({summary.wall_s:.0f} s)")
     return summary.final_test_error  # what a Hydra sweeper would minimise
+
+
+def _split(args: list[str]) -> tuple[list, list]:
+    """The command's non-Hydra overrides: (fixed ones, sweeps)."""
+    parsed = get_args_parser().parse_args(args)
+    if parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion:
+        return [], []
+    overrides = [o for o in OverridesParser.create().parse_overrides(parsed.overrides) if not o.is_hydra_override()]
+    return [o for o in overrides if not o.is_sweep_override()], [o for o in overrides if o.is_sweep_override()]
 
 
 def finish_configs(args: list[str]) -> list[DictConfig]:
@@ -104,7 +142,7 @@ def finish_configs(args: list[str]) -> list[DictConfig]:
             continue
         if o.key_or_group in _FINISH_KEYS:
             choices[o.key_or_group] = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
-        elif not o.is_sweep_override():
+        elif not o.is_sweep_override() and o.key_or_group != "run_index":
             fixed.append(o.input_line)
     configs = []
     for values in itertools.product(*choices.values()):
@@ -114,16 +152,66 @@ def finish_configs(args: list[str]) -> list[DictConfig]:
     return configs
 
 
+def grid_runs(args: list[str]) -> list[DictConfig]:
+    """Every run the grid's jobs train, in job order: one per point of the sweep."""
+    fixed, sweeps = _split(args)
+    runs = []
+    for values in itertools.product(*(list(o.sweep_string_iterator()) for o in sweeps)):
+        point = [o.input_line for o in fixed] + [f"{o.key_or_group}={v}" for o, v in zip(sweeps, values)]
+        experiment = next((p.split("=", 1)[1] for p in point if p.startswith("experiment=")), "custom")
+        overrides = [p for p in point if not p.startswith("experiment=")]
+        try:
+            cfg = compose_experiment(experiment, overrides)
+            with open_dict(cfg):
+                cfg.experiment.overrides = [o for o in overrides if not o.startswith("run_index=")]
+            runs += chosen_runs(cfg)
+        except UserError:  # its job failed for the same reason, and said so
+            continue
+    return runs
+
+
+def _refuse_moved(args: list[str]) -> None:
+    """A setting that moved is refused in one line here too (Hydra would only say it cannot override it)."""
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "=" in arg and key in MOVED:
+            raise UserError(f"{key} is now {MOVED[key]}: write {MOVED[key]}={arg.split('=', 1)[1]}")
+
+
 def main() -> None:
-    job()  # returns once every job of the grid has ended (-m: the launcher waits for its jobs)
+    args = sys.argv[1:]
     try:
-        for cfg in finish_configs(sys.argv[1:]):
-            for written in runner.finish(cfg):
-                for kind, text in output_lines(written):
-                    log.info(f"{kind}: {text}")
+        _refuse_moved(args)
+        configs = finish_configs(args)
+        for cfg in configs:  # failures of an earlier grid are not this one's
+            shutil.rmtree(runs_root(cfg) / FAILED, ignore_errors=True)
     except UserError as e:
         log.error(f"error: {e}")
         sys.exit(2)
+    # submitit asks `sacct` for job states; without SLURM accounting it warns on every poll and falls back on
+    # the result file each job writes, which is what it waits for anyway: the warning says nothing here
+    logging.getLogger("submitit").setLevel(logging.ERROR)
+    job()  # returns once every job of the grid has ended (-m: the launcher waits for its jobs)
+    try:
+        failed = [line for cfg in configs for path in sorted((runs_root(cfg) / FAILED).glob("*.txt"))
+                  for line in path.read_text().splitlines()]
+        for line in failed:
+            log.error(f"job failed: {line}")
+        runs = grid_runs(args)
+        asked = {r.run.model_name for r in runs}
+        for cfg in configs:
+            for written in runner.finish(cfg):
+                for kind, text in output_lines(written, asked):
+                    log.info(f"{kind}: {text}")
+        unfinished = [r.run.id for r in runs if not RunDir.for_run(runs_root(r), r).finished]
+        for run_id in unfinished:
+            log.error(f"missing: {run_id} did not finish (its job failed or was stopped); the same command "
+                      f"trains it, the finished runs are skipped")
+    except UserError as e:
+        log.error(f"error: {e}")
+        sys.exit(2)
+    if failed or unfinished:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

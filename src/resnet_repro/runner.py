@@ -53,12 +53,13 @@ def run_experiment(
     restart: bool = False,
     on_run: Callable[[DictConfig, RunDir, str], None] | None = None,
     on_row: Callable[[DictConfig, dict], None] | None = None,
+    runs: list[DictConfig] | None = None,
 ) -> list[Summary]:
     """Train each run of `cfg` (skipping finished ones) and return their summaries, in run order.
     `on_run(run_cfg, run_dir, status)` is told "skip", "busy", "resume" or "start" before each, and
     `on_row(run_cfg, row)` gets every metrics row. Under `engine.pack` the runs of a pack
-    (packing.plan_packs) train together, as one net."""
-    runs = expand_runs(cfg)
+    (packing.plan_packs) train together, as one net. `runs`: only these of the experiment's runs."""
+    runs = expand_runs(cfg) if runs is None else runs
     if not runs and set(cfg.experiment.reports) - {"table1"}:
         raise UserError(f"experiment {cfg.experiment.name} makes no runs: nothing to train and nothing new to report"
                         + (" (resnet-repro sweep cifar --n 3,5 fills it)" if cfg.experiment.name == "sweep_cifar" else "")

@@ -90,7 +90,7 @@ SCHEMA: dict[str, Rule] = {
     # which runs, and where
     "seed": whole(0), "seeds": whole(1, example=5),
     "data_dir": PATH, "download": BOOL, "results_dir": text(allowed="a folder", example="results"),
-    "runs_dir": PATH,
+    "runs_dir": PATH, "run_index": whole(0, null=True),
     # the net (conf/model)
     "model.family": choice("cifar", "imagenet"), "model.arch": choice(*ARCHS, example="resnet"),
     "model.n": whole(1, example=3), "model.depth": choice(*sorted(IMAGENET_LAYERS), example=50),

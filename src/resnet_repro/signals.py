@@ -10,7 +10,9 @@ before ours (submitit's requeue on preemption or time limit) is handed the signa
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 
 from .errors import Interrupted
 
@@ -33,10 +35,19 @@ def raise_signalled(signum: int, _frame=None) -> None:
     raise Signalled(signum)
 
 
+def exit_at_once(signum: int, _frame=None) -> None:
+    """Before the runner takes over (the command still importing torch, composing): one line and out. Not an
+    exception: raised in the middle of an import, one can leave a half-initialised extension behind that
+    hangs the interpreter's exit, and nothing here needs cleaning up."""
+    sys.stderr.write(f"{Signalled(signum)}\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def install_setup_handlers() -> None:
-    """From the start of a command: a signal ends it at once, with one line (the CLI prints `Signalled`)."""
+    """From the start of a command until the runner installs its `StopFlag`: a signal ends it at once."""
     for s in SIGNALS:
-        signal.signal(s, raise_signalled)
+        signal.signal(s, exit_at_once)
 
 
 class StopFlag:
@@ -77,7 +88,8 @@ class StopFlag:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             handler = previous.get(self.signum)
-            if stopped and callable(handler) and handler not in (signal.default_int_handler, raise_signalled):
+            if stopped and callable(handler) and handler not in (signal.default_int_handler, raise_signalled,
+                                                                 exit_at_once):
                 handler(self.signum, None)  # e.g. submitit requeues the job and exits
 
     @contextlib.contextmanager
