@@ -106,8 +106,11 @@ status() {
   PYTHONPATH="$repo/src" "$python" "$repo/scripts/campaign_status.py" "$campaign/runs/paper" "${QUEUE[@]}"
 }
 
-collect() {  # finished runs into this checkout's experiments/paper/, weights extracted from the checkpoint
-  PYTHONPATH="$repo/src" "$python" -m resnet_repro.weights collect "$campaign/runs/paper" "$repo/experiments/paper"
+collect() {  # finished runs into this checkout's experiments/, their weights beside them; then the reports again
+  cd "$repo"
+  .venv/bin/resnet-repro collect "$campaign/runs" --runs-dir experiments --data-dir "$campaign/data"
+  .venv/bin/resnet-repro plot all >/dev/null && .venv/bin/resnet-repro report >/dev/null
+  git status --short experiments results README.md
 }
 
 budget() {

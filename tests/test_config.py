@@ -49,6 +49,7 @@ def test_variants_name_overrides_that_change_results():
     assert variant_of(["engine.precision=bf16"]) == "bf16" and variant_of(["engine.precision=auto"]) == ""
     assert variant_of(["engine.precision=fp32"]) == "fp32" and variant_of(["model.bn_group=64"]) == "bn64"
     assert variant_of(["engine.threads=1", "engine.compile=false", "engine.pack=4", "results_dir=/r"]) == ""
+    assert variant_of(["train.lr=0.02", "train.lr=0.05"]) == tag  # a key given twice counts once, as Hydra does
     assert variant_of(["engine.precision=fp32", "train.lr=0.05"]) == f"fp32-{tag}"
     runs = expand_runs(compose_experiment("custom", ["train.lr=0.05"]))
     assert runs[0].run.id == f"resnet20-A-seed0-{tag}"

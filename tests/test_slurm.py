@@ -26,10 +26,13 @@ pytestmark = pytest.mark.slurm
 CPU_JOBS = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
             "hydra.launcher.timeout_min=10"]
 TIMING = {"images_per_s", "wall_s"}
-# one run long enough to be stopped mid-way: ResNet-8 on the bundled sample, a checkpoint every 50 steps
-LONG = ["profile=smoke", "model.n=1", "engine.device=cpu", "engine.threads=1", "engine.responses=false",
-        "train.iterations=1200", "train.milestones=[800]", "engine.log_every=50", "engine.eval_every=400",
-        "engine.checkpoint_every=50"]
+# runs long enough to be stopped mid-way (SHORT) and to outlast the first signal of a 2-minute time limit
+# (LONG): ResNet-8 on the bundled sample
+SHORT = ["profile=smoke", "model.n=1", "engine.device=cpu", "engine.threads=1", "engine.responses=false",
+         "train.iterations=600", "train.milestones=[400]", "engine.log_every=50", "engine.eval_every=300",
+         "engine.checkpoint_every=50"]
+LONG = [*SHORT, "train.iterations=3000", "train.milestones=[2000]", "engine.log_every=100", "engine.eval_every=1000",
+        "engine.checkpoint_every=100"]
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -86,13 +89,16 @@ def test_a_failing_job_is_one_line_and_the_others_finish(tmp_path, slurm_env):
     assert done.name == "resnet8-A-seed0-sample" and RunDir(done).finished
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The long run trained here without a stop, to compare the requeued ones with."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    out = subprocess.run([sys.executable, "-m", "resnet_repro", "run", "custom", *LONG, "--results-dir",
-                          str(root / "results")], capture_output=True, text=True, timeout=600, cwd=root)
-    assert out.returncode == 0, out.stdout + out.stderr
+def here(root: Path, overrides: list[str]) -> subprocess.Popen:
+    """The same run trained here without a stop, in the background, to compare the requeued one with."""
+    return subprocess.Popen([sys.executable, "-m", "resnet_repro", "run", "custom", *overrides, "--results-dir",
+                             str(root / "results")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=root.parent)
+
+
+def uninterrupted(job: subprocess.Popen, root: Path) -> list[dict]:
+    out = job.communicate(timeout=600)[0]
+    assert job.returncode == 0, out
     [run] = (root / "experiments" / "smoke").iterdir()
     return rows(run)
 
@@ -107,10 +113,11 @@ def wait_for(path_glob, root: Path, timeout: float = 180) -> Path:
     raise AssertionError(f"nothing matched {path_glob} under {root} in {timeout} s")
 
 
-def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env, uninterrupted):
+def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env):
+    reference = here(tmp_path / "here", SHORT)
     name = job_name(tmp_path)
     cmd = [sys.executable, "-m", "resnet_repro.launch", "-m", "hydra/launcher=slurm", *CPU_JOBS,
-           f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *LONG,
+           f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *SHORT,
            f"results_dir={tmp_path / 'results'}"]
     launcher = subprocess.Popen(cmd, cwd=tmp_path, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
@@ -120,7 +127,7 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_identical_metric
                              text=True).stdout.split()[0]
         # what a cluster sends before preempting; not --batch or --full: the job's Python must get it
         subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
-        log = launcher.communicate(timeout=400)[0]
+        log = launcher.communicate(timeout=500)[0]
     finally:
         launcher.kill()
         subprocess.run(["scancel", f"--name={name}"], env=slurm_env, capture_output=True, timeout=30)
@@ -128,18 +135,22 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_identical_metric
     [run] = (tmp_path / "experiments" / "smoke").iterdir()
     job_log = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*.log"))
     assert "resume" in job_log, job_log  # the requeued job went on from the checkpoint
-    assert RunDir(run).finished and rows(run) == uninterrupted
+    assert RunDir(run).finished and rows(run) == uninterrupted(reference, tmp_path / "here")
 
 
-def test_a_job_at_its_time_limit_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env, uninterrupted):
+def test_a_job_at_its_time_limit_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env):
+    """SLURM signals SIGUSR2 `signal_delay_s` before the limit, checked every 30 s or so: a 2-minute limit with
+    50 s of warning signals after 40 to 70 s, once the job's Python has its handlers (a signal during the
+    interpreter's start kills a job before submitit can requeue it)."""
+    reference = here(tmp_path / "here", LONG)
     out = launch(tmp_path, slurm_env, job_name(tmp_path), *LONG, f"results_dir={tmp_path / 'results'}",
-                 "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=8",
-                 timeout=900)
+                 "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=8",
+                 timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     [run] = (tmp_path / "experiments" / "smoke").iterdir()
     job_log = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*.log"))
-    assert "resume" in job_log, job_log  # it did not fit one minute: it was signalled, requeued and resumed
-    assert RunDir(run).finished and rows(run) == uninterrupted
+    assert "resume" in job_log, job_log  # it did not fit its time: it was signalled, requeued and resumed
+    assert RunDir(run).finished and rows(run) == uninterrupted(reference, tmp_path / "here")
 
 
 def test_one_run_over_two_slurm_tasks_equals_it_under_torchrun(tmp_path, slurm_env):

@@ -208,4 +208,5 @@ def build_cifar(cfg: DictConfig, engine, seed: int = 0) -> Data:
     test = TensorImageLoader.from_images(arrays.test_images, arrays.test_labels, mean,
                                          int(cfg.engine.eval_batch_size), False, engine.device, rank=engine.rank,
                                          world=engine.world)
-    return Data(train, test, 10, 32, dataset, arrays.test_split, len(arrays.train_labels), top5=False)
+    return Data(train, test, 10, 32, dataset, arrays.test_split, len(arrays.train_labels), top5=False,
+                pixel_mean=mean)

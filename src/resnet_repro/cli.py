@@ -384,6 +384,22 @@ def report(
     _print_written(report_mod.write_report(runs, results_dir), runs)
 
 
+@app.command()
+@friendly_errors
+def collect(
+    source: Annotated[Path, typer.Argument(help="A runs folder holding <profile>/<run id>/, e.g. the CPU campaign's.")],
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the finished runs go.")] = Path("experiments"),
+    data_dir: DataDir = None,
+):
+    """Finished CIFAR-10 runs of SOURCE into --runs-dir, each with its weights (weights.pt: the net in fp32 with
+    the training images' pixel mean, sha256 and size in summary.json); a finished run there is never replaced."""
+    from .weights import collect as collect_runs
+
+    config_mod.check_folder(runs_dir, "--runs-dir")
+    for run_id in collect_runs(source, runs_dir, data_dir) or []:
+        console.print(f"collected {run_id}", highlight=False)
+
+
 @analyze_app.command("responses")
 @friendly_errors
 def analyze_responses(
@@ -448,21 +464,52 @@ def models_imagenet(
 @app.command("eval")
 @friendly_errors
 def eval_(
-    checkpoints: Annotated[list[Path], typer.Argument(
-        help="Run directories, their checkpoint.pt, or torchvision ResNet .pth state_dicts; several are "
-             "scored as one ensemble (averaged softmax scores, Table 5).")],
-    protocol: Annotated[Protocol, typer.Option("--protocol", help="center, 10crop or multiscale.")] = Protocol.ten_crop,
+    checkpoints: Annotated[list[Path] | None, typer.Argument(
+        help="CIFAR-10 run directories (their weights.pt), or ImageNet-style run directories, their checkpoint.pt "
+             "or torchvision ResNet .pth state_dicts; several ImageNet models are scored as one ensemble "
+             "(averaged softmax scores, Table 5).")] = None,
+    hub: Annotated[str | None, typer.Option("--hub", help="A hubconf.py model instead, e.g. cifar10_resnet20: its "
+                                                          "pretrained weights on the CIFAR-10 test images.")] = None,
+    protocol: Annotated[Protocol, typer.Option("--protocol", help="ImageNet: center, 10crop or multiscale.")] = Protocol.ten_crop,
     data_dir: DataDir = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch (fewer for multiscale).")] = 100,
-    workers: Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: engine.workers).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="CIFAR-10: bf16, fp16, tf32 or fp32 (default: "
+                                                                       "the run's own).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="ImageNet: images per batch (fewer for multiscale).")] = 100,
+    workers: Annotated[int | None, typer.Option("--workers", help="ImageNet: decoding processes (default: engine.workers).")] = None,
 ):
-    """Top-1 and top-5 error of ImageNet-style checkpoints on the val/ split of --data-dir."""
+    """Score saved models: a CIFAR-10 run's weights again on its test set, beside the error the run reported
+    (equal in the run's precision; within 0.05 points in another), or ImageNet-style checkpoints on val/."""
+    from . import weights
+
+    paths = list(checkpoints or [])
+    if hub:
+        _print_rescore(weights.rescore_hub(hub, data_dir, device))
+        return
+    if not paths:
+        raise UserError("give run directories or checkpoints to score, or --hub NAME")
+    cifar = [p for p in paths if weights.is_cifar_run(p)]
+    if cifar and len(cifar) < len(paths):
+        raise UserError("score CIFAR-10 runs and ImageNet-style checkpoints in separate commands")
+    if cifar:
+        results = [weights.rescore(p, data_dir, device, precision) for p in cifar]
+        for r in results:
+            _print_rescore(r)
+        if not all(r["agrees"] for r in results):
+            raise typer.Exit(1)
+        return
     from .evaluate import ensemble_eval
 
-    r = ensemble_eval(checkpoints, protocol.value, data_dir, device, batch_size, workers)
+    r = ensemble_eval(paths, protocol.value, data_dir, device, batch_size, workers)
     console.print(f"{' + '.join(r['members'])}: top-1 error {r['top1_error']:.2f}%, top-5 error "
                   f"{r['top5_error']:.2f}% ({r['protocol']}, {r['images']:,} val images)", highlight=False)
+
+
+def _print_rescore(r: dict) -> None:
+    how = "equal, as it must be in the run's precision" if r["same_precision"] else "within 0.05 points as it should be"
+    verdict = how if r["agrees"] else "DIFFERS: the weights, the data or the code changed"
+    console.print(f"{r['run_id']}: test error {r['error']:.2f}% on {r['images']:,} test images in {r['precision']}; "
+                  f"the run reported {r['reported']:.2f}%: {verdict}", highlight=False)
 
 
 def main() -> None:

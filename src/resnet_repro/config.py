@@ -119,6 +119,25 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def upgraded(cfg: DictConfig) -> DictConfig:
+    """A run's saved config.yaml of an older version in today's layout: the settings that moved (MOVED) in their
+    new place, so a run trained by older code can be scored and exported (its id and results are its own)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    with open_dict(cfg):
+        cfg.setdefault("engine", {})
+        for old, new in MOVED.items():
+            if OmegaConf.select(cfg, old) is None and OmegaConf.select(cfg, old, default="missing") == "missing":
+                continue
+            value = OmegaConf.select(cfg, old)
+            parent, _, leaf = old.rpartition(".")
+            (OmegaConf.select(cfg, parent) if parent else cfg).pop(leaf)
+            if old == "train.amp":
+                value = _AMP_AS_PRECISION.get(str(value).lower(), "auto")
+            if OmegaConf.select(cfg, new, default=None) is None:
+                OmegaConf.update(cfg, new, value, force_add=True)
+    return cfg
+
+
 def _refuse_moved(override: str) -> None:
     key, value = _key(override), override.split("=", 1)[1]
     if key in MOVED:
@@ -155,7 +174,10 @@ def override_role(key: str) -> str:
 
 
 def _parsed(overrides: list[str]) -> list:
-    return OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
+    """The overrides parsed, each key once with its last value, as Hydra applies them: a run's id must not
+    depend on how often a key was given."""
+    parsed = OverridesParser.create().parse_overrides([o.lstrip("+") for o in overrides])
+    return list({o.key_or_group: o for o in parsed}.values())
 
 
 def variant_of(overrides: list[str]) -> str:

@@ -35,3 +35,4 @@ class Data:
     top5: bool = True  # report top-5 error (the paper gives none for CIFAR-10)
     final_tests: dict = field(default_factory=dict)  # protocol -> test loader, scored once at the end (Tables 2-4)
     pipeline: str = ""  # ImageNet: where images are decoded and augmented (goes into the summary)
+    pixel_mean: torch.Tensor | None = None  # CIFAR-10: the training images' mean, which every input has subtracted

@@ -67,3 +67,13 @@ TABLE6 = {
 TABLE6_MEAN_STD = {"resnet110-A": (6.61, 0.16), "Highway (19 layers, 2.3M)": (7.72, 0.16)}
 TABLE6_QUOTED = {"Maxout": 9.38, "NIN": 8.81, "DSN": 8.22, "FitNet (19 layers, 2.5M)": 8.39,
                  "Highway (19 layers, 2.3M)": 7.54, "Highway (32 layers, 1.25M)": 8.80}
+
+# Not the paper's: the two most used CIFAR-10 ResNet reimplementations, for the pretrained-weights table.
+# Both report the best test epoch (chosen on the test set), with recipes unlike the paper's; errors in %.
+# akamaster/pytorch_resnet_cifar10 (README, "Test err(this impl.)"): the paper's schedule, ImageNet-style
+# normalisation, no 45k/5k split.
+AKAMASTER = {"resnet20-A": 8.27, "resnet32-A": 7.37, "resnet44-A": 6.90, "resnet56-A": 6.61, "resnet110-A": 6.32,
+             "resnet1202-A": 6.18}
+# chenyaofo/pytorch-cifar-models (README, CIFAR-10 Top-1 Acc.): 200 epochs, batch 256, Nesterov momentum.
+CHENYAOFO = {"resnet20-A": 100 - 92.60, "resnet32-A": 100 - 93.53, "resnet44-A": 100 - 94.01,
+             "resnet56-A": 100 - 94.37}

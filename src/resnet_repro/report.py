@@ -10,17 +10,64 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import paper
 from .claims import CLAIMS, ERROR_SPREAD, NEAR_CHANCE, NO_DATA, RESPONSE_SPREAD, Claim, judge_by_setting
 from .config import make_dir
 from .progress import progress_section
 from .results import atomic_write_text
 from .runs import load_runs
+from .spec import pretty
 from .tables import read_bench, write_tables
 
 
 def write_report(runs_dir: Path, results_dir: Path) -> list[Path]:
-    """Tables 2-6 and results/README.md (the README lists the figures already drawn)."""
-    return [*write_tables(runs_dir, results_dir), write_readme(runs_dir, results_dir)]
+    """Tables 2-6, the pretrained weights' table and results/README.md (which lists the figures already drawn)."""
+    return [*write_tables(runs_dir, results_dir), *write_weights_table(runs_dir, results_dir),
+            write_readme(runs_dir, results_dir)]
+
+
+WEIGHTS_START, WEIGHTS_END = "<!-- weights table: written by `resnet-repro report` -->", "<!-- end of weights table -->"
+
+
+def weights_lines(runs: pd.DataFrame) -> list[str]:
+    """A row per finished run with committed weights: ours beside the paper's and two reimplementations'."""
+    lines = ["| model | run | params | ours (final) | paper | akamaster* | chenyaofo* | file | sha256 | check |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    kept = runs[(runs.weights_sha256 != "") & (runs.status == "finished")] if len(runs) else runs
+    for r in kept.sort_values(["arch", "depth", "variant", "seed"]).itertuples():
+        hub = " (hub)" if (r.variant == "" and r.seed == 0 and r.profile == "paper") else ""
+        theirs = [_pct(d.get(r.model)) for d in (paper.TABLE6, paper.AKAMASTER, paper.CHENYAOFO)]
+        lines.append(f"| {pretty(r.model)} | `{r.profile}/{r.run_id}`{hub} | {int(r.params):,} | "
+                     f"{r.final_test_error:.2f} | {' | '.join(theirs)} | {r.weights_bytes / 2**20:.2f} MiB | "
+                     f"`{r.weights_sha256[:16]}` | `resnet-repro eval experiments/{r.profile}/{r.run_id} --data-dir DIR` |")
+    if len(lines) == 2:
+        lines.append("| none yet: no paper-schedule CIFAR-10 run has finished with its weights | | | | | | | | | |")
+    return lines + ["", "Test error (%) on the 10,000 CIFAR-10 test images. Ours: at the end of training, as the "
+                    "paper reports it. *akamaster/pytorch_resnet_cifar10 and chenyaofo/pytorch-cifar-models report "
+                    "their best test epoch (chosen on the test set) with other recipes (ImageNet-style "
+                    "normalisation; chenyaofo: 200 epochs, batch 256, Nesterov). (hub): what `torch.hub.load(..., "
+                    "pretrained=True)` serves (hubconf.py)."]
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def write_weights_table(runs_dir: Path, results_dir: Path) -> list[Path]:
+    """results/weights.md, and the same table in the checkout's README.md between its markers, if it has them."""
+    lines = weights_lines(load_runs(runs_dir))
+    path = make_dir(results_dir) / "weights.md"
+    atomic_write_text(path, "\n".join(["# Pretrained weights", "", *lines]) + "\n")
+    readme = Path(results_dir).resolve().parent / "README.md"
+    written = [path]
+    if readme.exists() and WEIGHTS_START in (text := readme.read_text()) and WEIGHTS_END in text:
+        before, rest = text.split(WEIGHTS_START, 1)
+        after = rest.split(WEIGHTS_END, 1)[1]
+        updated = f"{before}{WEIGHTS_START}\n" + "\n".join(lines) + f"\n{WEIGHTS_END}{after}"
+        if updated != text:
+            atomic_write_text(readme, updated)
+            written.append(readme)
+    return written
 
 
 _FIGURE_TITLES = {"fig1": "Fig. 1: plain-20 vs plain-56 on CIFAR-10", "fig4": "Fig. 4: ImageNet plain vs ResNet-18/34",

@@ -142,9 +142,10 @@ class Summary:
     images: int | None = None
     packed_with: list[str] | None = None  # engine.pack: the runs trained beside it in one packed net
     input_pipeline: str = ""  # ImageNet: CPU-worker or GPU (nvJPEG) decoding, as engine.decode chose
+    weights: dict | None = None  # a finished CIFAR-10 run's committed weights: file, sha256, bytes (weights.py)
 
     _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end", "packed_with",
-                         "input_pipeline", "data", "precision")
+                         "input_pipeline", "data", "precision", "weights")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -249,6 +250,7 @@ class RunDir:
         self.metrics = self.path / "metrics.csv"
         self.summary_file = self.path / "summary.json"
         self.checkpoint = self.path / "checkpoint.pt"
+        self.weights = self.path / "weights.pt"  # a finished CIFAR-10 run's, committed (weights.py)
         self.responses = self.path / "responses.csv"
 
     @classmethod
