@@ -40,9 +40,11 @@ def test_readme_judges_a_claim_in_each_setting_that_can(runs, results):
     assert "smoke" not in text.split("## The paper's claims")[1]
 
 
-def test_write_report_writes_tables_2_to_6_then_the_readme(runs, results):
+def test_write_report_writes_tables_2_to_6_the_weights_then_the_readme(runs, results):
     paths = report.write_report(runs, results)
-    assert [p.name for p in paths] == [f"table{i}.{ext}" for i in range(2, 7) for ext in ("csv", "md")] + ["README.md"]
+    assert [p.name for p in paths] == [f"table{i}.{ext}" for i in range(2, 7) for ext in ("csv", "md")] + [
+        "weights.md", "README.md"]
+    assert "none yet" in (results / "weights.md").read_text()
     assert "No finished runs yet" in (results / "table5.md").read_text()
     assert "- [Table 6: CIFAR-10 test error (%)](table6.md) ([csv](table6.csv))" in (results / "README.md").read_text()
 
@@ -78,3 +80,19 @@ def test_readme_says_how_far_the_paper_schedule_on_the_original_pixels_got(runs,
             "64k), not the paper's schedule), cifar10: 14.40% (mean of 2) against 15.27% (mean of 3) without it: "
             "0.87 points lower, beyond the seed noise") in section
     assert "fp32 (engine.precision=fp32), profile" not in section  # no finished fp32 run: nothing to compare
+
+
+def test_the_weights_table_lists_runs_with_weights_and_fills_a_readme_between_its_markers(runs, results):
+    make_run(runs, "paper", "resnet20-A", final_error=8.3, weights={"file": "weights.pt", "sha256": "ab" * 32,
+                                                                     "bytes": 1131669})
+    make_run(runs, "paper", "resnet32-A", final_error=7.4)  # no weights: not listed
+    readme = results.parent / "README.md"
+    readme.write_text(f"# x\n\n{report.WEIGHTS_START}\nold\n{report.WEIGHTS_END}\n\nrest\n")
+    written = report.write_weights_table(runs, results)
+    table = (results / "weights.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| ResNet-20"))
+    assert "`paper/resnet20-A-seed0` (hub)" in row and "| 8.30 | 8.75 | 8.27 | 7.40 |" in row
+    assert "1.08 MiB" in row and "resnet-repro eval experiments/paper/resnet20-A-seed0" in row
+    assert "ResNet-32" not in table and "best test epoch" in table
+    assert readme in written and "old" not in readme.read_text() and row in readme.read_text()
+    assert readme.read_text().endswith("\n\nrest\n")
