@@ -97,12 +97,12 @@ def probe(out: Path, left: float, dry: bool) -> None:
     from resnet_repro.engine import choose_precision, set_tf32
 
     start = time.monotonic()
-    budget = min(PROBE_S, left - 60) if not dry else 12
+    budget = min(PROBE_S, left - 60) if not dry else 6
 
     def time_left() -> float:
         return budget - (time.monotonic() - start)
 
-    check_s, speed_s = (2, 2) if dry else (20, 15)  # what a check or a speed needs at least, else it is skipped
+    check_s, speed_s = (1, 1) if dry else (20, 15)  # what a check or a speed needs at least, else it is skipped
 
     device = torch.device("cuda" if torch.cuda.is_available() and not dry else "cpu")
     precision, why = choose_precision("auto", device)

@@ -4,6 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest_plugins = ["slurm_cluster"]  # the slurm_env fixture: a local SLURM cluster, or a skip with the reason
+
 
 def write_fake_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 20, seed: int = 0) -> Path:
     """A valid cifar-10-batches-py folder with random pixels: not the real bytes, so no md5 could match."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from resnet_repro.cifar import (
-    TensorImageLoader, crop, hold_out_validation, load_cifar10, read_bundled_sample, read_cifar10_folder,
+    TensorImageLoader, crop, evenly_spaced_tests, hold_out_validation, load_cifar10, read_bundled_sample, read_cifar10_folder,
 )
 from resnet_repro.errors import UserError
 from resnet_repro.results import DataId
@@ -46,6 +46,13 @@ def test_bundled_sample_is_real_balanced_cifar():
     assert torch.bincount(s.train_labels).tolist() == [100] * 10
     assert torch.bincount(s.test_labels).tolist() == [50] * 10
     assert s.train_images.float().std() > 40  # real photos, not a constant
+
+
+def test_the_smoke_subset_scores_every_class_of_a_test_set_stored_by_class():
+    arrays = evenly_spaced_tests(read_bundled_sample(), 200)
+    assert torch.bincount(arrays.test_labels).tolist() == [20] * 10
+    assert arrays.test_split == "test[200 of 500, evenly spaced]" and arrays.test_images.shape[0] == 200
+    assert evenly_spaced_tests(read_bundled_sample(), 500).test_split == "test"  # all of it: no label
 
 
 def test_validation_split_is_held_out(fake_cifar):

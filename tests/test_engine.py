@@ -1,8 +1,6 @@
 """The engine: signals become a stop flag, the compile setting, and precision chosen by the hardware."""
 
 import os
-import signal
-import time
 
 import pytest
 import torch

@@ -26,7 +26,7 @@ def test_the_probe_writes_every_result_as_it_goes_and_keeps_to_its_time(tmp_path
     results = [json.loads(line) for line in (tmp_path / "probe.jsonl").read_text().splitlines()]
     checks = [r["check"] for r in results]
     assert checks[:3] == ["precision", "syncs per step", "nvjpeg race"] and checks[-1] == "done"
-    assert results[-1]["seconds"] < 30
+    assert results[-1]["seconds"] < 20
     speeds = [r for r in results if r["check"] == "images/s"]
     assert len(speeds) == 10 and all("images_per_s" in r or "skipped" in r for r in speeds)  # n 3, 9 x K 0,1,4,8,16
     measured = [r for r in speeds if "images_per_s" in r]  # on a loaded machine the short budget may allow none

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import slurm_env  # noqa: F401
 from typer.testing import CliRunner
 
 from resnet_repro.cli import app

@@ -15,7 +15,6 @@ from training import read_metrics, setup, tiny_cfg, train_run, with_train, witho
 from resnet_repro import steppers, train
 from resnet_repro.signals import StopFlag
 from resnet_repro.errors import Interrupted, TrainingDiverged, UserError
-from resnet_repro.models import build_model
 from resnet_repro.results import RunDir
 from resnet_repro.train import lr_at
 

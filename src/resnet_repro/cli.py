@@ -7,7 +7,6 @@ answer at once; each command imports what it needs."""
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from enum import Enum
 from functools import wraps
@@ -15,14 +14,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import config as config_mod
 from .errors import Interrupted, UserError
 from .signals import Signalled, install_setup_handlers
 from .spec import spec_from_config
+from .terminal import console, err_console, print_written, train_and_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Re-run He et al. 2015, 'Deep Residual Learning for Image Recognition'.")
@@ -30,8 +28,6 @@ models_app = typer.Typer(no_args_is_help=True, help="Layers, parameters and mult
 app.add_typer(models_app, name="models")
 analyze_app = typer.Typer(no_args_is_help=True, help="Analyses of trained runs.")
 app.add_typer(analyze_app, name="analyze")
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder with the data (else $RESNET_REPRO_DATA).")]
 ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Tables and figures go here.")]
@@ -136,8 +132,6 @@ def parse_archs(text: str) -> list[str]:
     return archs
 
 
-LOG_EVERY_S = 30  # where output is a log, not a terminal: a line per run at most this often, and every evaluation
-
 # `--arch plain,resnet`: one option naming several choices, listed in --help by its metavar
 ARCHS_METAVAR = "<" + "|".join(a.value for a in Arch) + ">,..."
 
@@ -152,67 +146,6 @@ def _path_overrides(data_dir, results_dir, runs_dir) -> list[str]:
     if runs_dir is not None:
         out.append(f"runs_dir={runs_dir}")
     return out
-
-
-def _train_and_report(cfg, restart: bool) -> None:
-    from . import runner
-    from .engine import is_main_process  # torch is imported only by the commands that train
-
-    if not is_main_process():  # under torchrun only rank 0 prints and writes tables
-        runner.run_experiment(cfg, restart=restart)
-        return
-
-    interactive = console.is_terminal
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
-                        disable=not interactive)
-    task = None
-
-    def on_run(run_cfg, run, status):
-        nonlocal task
-        if status in ("skip", "busy"):
-            why = "finished already" if status == "skip" else "being trained by another process"
-            console.print(f"{run_cfg.run.id}: {why}, skipped ({run.path})", highlight=False)
-            return
-        if task is not None:
-            progress.remove_task(task)
-        task = progress.add_task(run_cfg.run.id, total=int(run_cfg.train.iterations), status=status)
-        if not interactive:
-            console.print(f"{run_cfg.run.id}: {status} ({run.path})", highlight=False)
-
-    logged: dict[str, float] = {}  # run id -> when its last line was printed (output that is not a terminal)
-
-    def on_row(run_cfg, row):
-        err = row.get("test_error")
-        status = f"train {row['train_error']:.1f}%" + (f" test {err:.2f}%" if err is not None else "")
-        progress.update(task, completed=row["iteration"], status=status)
-        last = logged.get(run_cfg.run.id)
-        if not interactive and (last is None or err is not None or time.monotonic() - last >= LOG_EVERY_S):
-            console.print(runner.progress_line(run_cfg, row), highlight=False)
-            logged[run_cfg.run.id] = time.monotonic()
-
-    with progress:
-        summaries = runner.run_experiment(cfg, restart=restart, on_run=on_run, on_row=on_row)
-    for s in summaries:
-        console.print(f"{s.run_id}: test error {s.final_test_error:.2f}% after {s.iterations_done} "
-                      f"iterations ({s.profile_label}, {s.wall_s:.0f} s)", highlight=False)
-    asked = {r.run.model_name for r in config_mod.expand_runs(cfg)}
-    _print_written(runner.finish(cfg), config_mod.runs_root(cfg), asked)
-
-
-def _print_written(written: list, runs_dir: Path, asked: set[str] | None = None) -> None:
-    """'wrote', 'note' and 'missing' lines for the files and figures made ('missing' only for the nets in
-    `asked`, where a command trained some), then a warning for each run directory with a file that cannot
-    be read (the tables and figures leave that run out)."""
-    from .plots import output_lines
-    from .runs import load_runs, unreadable
-
-    styles = {"wrote": "wrote {}", "note": "note: {}", "missing": "[yellow]missing:[/yellow] {}"}
-    for item in written:
-        for kind, text in output_lines(item, asked):
-            console.print(styles[kind].format(text), highlight=False)
-    for problem in unreadable(load_runs(runs_dir)):
-        err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -231,10 +164,7 @@ def run(
     ours, hydra_args = _hydra_apart(overrides)
     paths = _path_overrides(data_dir, results_dir, runs_dir)
     cfg = config_mod.compose_experiment(experiment, [*ours, *paths], config_dir)
-    if launcher is Launcher.slurm:
-        return _on_slurm(cfg, [f"experiment={experiment}", *ours, *paths], hydra_args, restart)
-    _refuse_hydra(hydra_args)
-    _train_and_report(cfg, restart)
+    _train_or_submit(cfg, launcher, [f"experiment={experiment}", *ours, *paths], hydra_args, restart)
 
 
 @app.command()
@@ -259,12 +189,26 @@ def sweep(
     paths = _path_overrides(data_dir, results_dir, runs_dir)
     cfg = config_mod.compose_experiment("sweep_cifar", [*ours, *paths], config_dir)
     cfg.experiment.runs = config_mod.sweep_entries(archs, ns)
+    entries = ",".join(f"{{arch:{e['arch']},n:{e['n']}}}" for e in cfg.experiment.runs)
+    _train_or_submit(cfg, launcher, ["experiment=sweep_cifar", f"experiment.runs=[{entries}]", *ours, *paths],
+                     hydra_args, restart)
+
+
+def _train_or_submit(cfg, launcher: Launcher, job_overrides: list[str], hydra_args: list[str], restart: bool):
+    """Train here, or submit one SLURM job per run with `job_overrides` (what composes `cfg` again), wait for
+    them, then write the tables and figures once."""
     if launcher is Launcher.slurm:
-        entries = ",".join(f"{{arch:{a},n:{v}}}" for a, v in ((e["arch"], e["n"]) for e in cfg.experiment.runs))
-        return _on_slurm(cfg, ["experiment=sweep_cifar", f"experiment.runs=[{entries}]", *ours, *paths],
-                         hydra_args, restart)
+        import importlib.util
+
+        if restart:
+            raise UserError("--restart is not for --launcher slurm: delete the unfinished run directories instead")
+        if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+            raise UserError("--launcher slurm needs Hydra's submitit launcher: pip install -e '.[slurm]'")
+        from .launch import submit  # torch and Hydra's launcher: only now
+
+        return submit(cfg, job_overrides, hydra_args)
     _refuse_hydra(hydra_args)
-    _train_and_report(cfg, restart)
+    train_and_report(cfg, restart)
 
 
 def _hydra_apart(overrides: list[str] | None) -> tuple[list[str], list[str]]:
@@ -277,26 +221,6 @@ def _refuse_hydra(hydra_args: list[str]) -> None:
     if hydra_args:
         raise UserError(f"{hydra_args[0]}: hydra.* settings are for --launcher slurm (Hydra's launcher); "
                         f"without it, leave them out")
-
-
-def _on_slurm(cfg, overrides: list[str], hydra_args: list[str], restart: bool) -> None:
-    """The experiment's runs as one SLURM job each, through Hydra's submitit launcher (launch.py): the same
-    run ids and run directories; waits for the jobs, then writes the tables and figures once."""
-    import importlib.util
-
-    if restart:
-        raise UserError("--restart is not for --launcher slurm: delete the unfinished run directories instead")
-    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-        raise UserError("--launcher slurm needs Hydra's submitit launcher: pip install -e '.[slurm]'")
-    runs = config_mod.expand_runs(cfg)
-    if not runs:
-        raise UserError(f"experiment {cfg.experiment.name} makes no runs: nothing to submit")
-    from . import launch
-
-    sys.argv = ["resnet-repro", "-m", "hydra/launcher=slurm", *overrides, *hydra_args,
-                f"run_index=range(0,{len(runs)})"]
-    console.print(f"submitting {len(runs)} runs to SLURM: {', '.join(r.run.id for r in runs)}", highlight=False)
-    launch.main()
 
 
 BENCH_KINDS = ("cifar", "imagenet")
@@ -367,7 +291,7 @@ def plot(
     config_mod.check_folder(results_dir, "--results-dir")
     runs = config_mod.runs_root_for(results_dir, runs_dir)
     names = list(plots.FIGURES) if figure is Figure.all else [figure.value]
-    _print_written([r for name in names for r in plots.plot_figures(name, runs, results_dir, profile=profile)], runs)
+    print_written([r for name in names for r in plots.plot_figures(name, runs, results_dir, profile=profile)], runs)
 
 
 @app.command()
@@ -381,7 +305,7 @@ def report(
 
     config_mod.check_folder(results_dir, "--results-dir")
     runs = config_mod.runs_root_for(results_dir, runs_dir)
-    _print_written(report_mod.write_report(runs, results_dir), runs)
+    print_written(report_mod.write_report(runs, results_dir), runs)
 
 
 @app.command()

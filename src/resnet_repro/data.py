@@ -30,7 +30,7 @@ class Data:
     num_classes: int
     image_size: int
     dataset: DataId  # named in every result
-    test_split: str  # "test", "val", or "test[:500]" for a subset
+    test_split: str  # "test", "val", or "test[200 of 10000, evenly spaced]" for a subset
     train_size: int
     top5: bool = True  # report top-5 error (the paper gives none for CIFAR-10)
     final_tests: dict = field(default_factory=dict)  # protocol -> test loader, scored once at the end (Tables 2-4)

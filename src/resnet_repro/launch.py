@@ -37,6 +37,7 @@ from .errors import Interrupted, UserError
 from .signals import Signalled
 from .plots import output_lines
 from .results import RunDir, Summary, atomic_write_text
+from .terminal import console
 
 log = logging.getLogger("resnet_repro.launch")
 
@@ -212,6 +213,18 @@ def main() -> None:
         sys.exit(2)
     if failed or unfinished:
         sys.exit(1)
+
+
+def submit(cfg: DictConfig, overrides: list[str], hydra_args: list[str]) -> None:
+    """`resnet-repro run/sweep --launcher slurm`: the experiment `cfg` (composed from `overrides`) as one SLURM
+    job per run, through this entry point and Hydra's submitit launcher: the same run ids and directories."""
+    runs = expand_runs(cfg)
+    if not runs:
+        raise UserError(f"experiment {cfg.experiment.name} makes no runs: nothing to submit")
+    sys.argv = ["resnet-repro", "-m", "hydra/launcher=slurm", *overrides, *hydra_args,
+                f"run_index=range(0,{len(runs)})"]
+    console.print(f"submitting {len(runs)} runs to SLURM: {', '.join(r.run.id for r in runs)}", highlight=False)
+    main()
 
 
 if __name__ == "__main__":
