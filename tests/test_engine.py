@@ -129,4 +129,6 @@ def test_without_proc_stat_the_load_average_counts_the_busy_cores(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_times", lambda: (_ for _ in ()).throw(OSError("no /proc")))
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
-    assert hardware.cpu_threads("auto") == 1 and hardware.cpu_threads(3) == 3
+    assert hardware.cpu_threads("auto") == 1 and hardware.cpu_threads(2) == 2
+    with pytest.raises(UserError, match="engine.threads=3: this process may use 2 cores"):
+        hardware.cpu_threads(3)  # more threads than cores only wait on each other

@@ -300,11 +300,11 @@ def test_proxy_profile_scales_sizes_and_labels_the_data():
     assert not cfg.profile.full_schedule and cfg.train.schedule == "step"
 
 
-def test_build_data_needs_a_folder_and_an_imagenet_model(tmp_path, monkeypatch):
+def test_build_data_needs_a_folder_and_the_proxy_an_imagenet_experiment(tmp_path, monkeypatch):
     monkeypatch.delenv("RESNET_REPRO_DATA", raising=False)
     cfg = expand_runs(compose_experiment("table2", ["profile=smoke"]))[0]
     with pytest.raises(UserError, match="--data-dir"):
         build_data(cfg, CPU, 0)
     cfg = compose_experiment("table6", ["profile=proxy", f"data_dir={tmp_path}"])
-    with pytest.raises(UserError, match="ImageNet model"):
-        build_data(expand_runs(cfg)[0], CPU, 0)
+    with pytest.raises(UserError, match="a net and its data go together; profile=proxy and data=imagenette are"):
+        expand_runs(cfg)  # refused before any data is read

@@ -266,11 +266,16 @@ def _check_run(run: DictConfig) -> None:
     if group is not None and int(run.train.batch_size) % group:
         raise UserError(f"model.bn_group={group} must divide train.batch_size={run.train.batch_size} "
                         f"(e.g. 64 for the paper's two GPUs of 64)")
-    if run.data.family == "cifar" and run.data.validation_size:
+    if run.data.family == "cifar":
         images = CIFAR_TRAIN_IMAGES[bool(run.data.sample)]
-        if run.data.validation_size >= images:
-            raise UserError(f"data.validation_size={run.data.validation_size}: hold out fewer than the {images:,} "
+        held_out = run.data.validation_size or 0
+        if held_out >= images:
+            raise UserError(f"data.validation_size={held_out}: hold out fewer than the {images:,} "
                             f"training images, e.g. data.validation_size=5000 (the paper's 45k/5k split)")
+        if run.train.batch_size > images - held_out:  # a folder of another size is checked once it is read
+            left = f" left after data.validation_size={held_out}" if held_out else ""
+            raise UserError(f"train.batch_size={run.train.batch_size} is more than the {images - held_out:,} "
+                            f"training images{left}: use at most {images - held_out}")
 
 
 def sweep_entries(archs: list[str], ns: list[int]) -> list[dict]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
@@ -85,9 +87,13 @@ def cpu_threads(setting) -> int:
     """`engine.threads`: a number, or auto = the cores this process may use that other processes are not
     keeping busy, at least one. OpenMP threads wait on each other: on 2 cores with another job running,
     2 threads train several times slower than 1, while on an idle machine 2 are faster than 1 (README)."""
+    cores = usable_cores()
     if setting != "auto":
+        if int(setting) > cores:  # more OpenMP threads than cores wait on each other: slower, never faster
+            raise UserError(f"engine.threads={setting}: this process may use {cores} cores here; use at most "
+                            f"{cores}, or engine.threads=auto")
         return int(setting)
-    return max(1, usable_cores() - busy_cores())
+    return max(1, cores - busy_cores())
 
 
 def free_memory(device: torch.device) -> tuple[int, str]:

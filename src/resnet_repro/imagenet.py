@@ -364,9 +364,6 @@ def mean_normalize(data_cfg: DictConfig, train_files: ImageFiles, sizes: Sizes, 
 def build_imagenet(cfg: DictConfig, engine, seed: int = 0) -> Data:
     """Loaders for an ImageNet-style run, the training loader under `seed` (runner.build_data calls it)."""
     d = cfg.data
-    if cfg.model.family != "imagenet":
-        raise UserError(f"data {d.name} needs an ImageNet model (family imagenet); profile=proxy and "
-                        f"data=imagenette are for the ImageNet experiments (table2, table3, table4, fig4)")
     sizes = sizes_from_config(d)
     train_files, val_files = load_splits(d, data_root(cfg.data_dir))
     workers = decode_workers(cfg)

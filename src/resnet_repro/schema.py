@@ -37,11 +37,13 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def whole(low: int = 0, example: int | None = None, auto: bool = False, null: bool = False) -> Rule:
-    """A whole number >= low (or auto, or null)."""
+def whole(low: int = 0, example: int | None = None, auto: bool = False, null: bool = False,
+          high: int | None = None, why: str = "") -> Rule:
+    """A whole number >= low (and <= high: `why` says why), or auto, or null."""
     extra = "".join([", or auto" if auto else "", ", or null" if null else ""])
-    return Rule(lambda v: (_is_int(v) and v >= low) or (auto and v == AUTO) or (null and v is None),
-                f"a whole number >= {low}{extra}", str(low if example is None else example))
+    span = f"from {low} to {high} ({why})" if high is not None else f">= {low}"
+    return Rule(lambda v: (_is_int(v) and v >= low and (high is None or v <= high)) or (auto and v == AUTO)
+                or (null and v is None), f"a whole number {span}{extra}", str(low if example is None else example))
 
 
 def number(low: float | None = None, high: float | None = None, above: float | None = None,
@@ -88,7 +90,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 SCHEMA: dict[str, Rule] = {
     # which runs, and where
-    "seed": whole(0), "seeds": whole(1, example=5),
+    "seed": whole(0), "seeds": whole(1, example=5, high=1000, why="each seed is a whole run"),
     "data_dir": PATH, "download": BOOL, "results_dir": text(allowed="a folder", example="results"),
     "runs_dir": PATH, "run_index": whole(0, null=True),
     # the net (conf/model)
@@ -99,7 +101,7 @@ SCHEMA: dict[str, Rule] = {
     # the data (conf/data)
     "data.family": choice("cifar", "imagenet"), "data.name": text(r"[a-z0-9]+", "a lowercase name", "cifar10"),
     "data.subset": text(r"[a-z0-9_]+", "a lowercase name", "64px_proxy", null=True),
-    "data.sample": AUTO_BOOL, "data.validation_size": whole(0, example=5000), "data.pad": whole(0, example=4),
+    "data.sample": AUTO_BOOL, "data.validation_size": whole(0, example=5000), "data.pad": whole(0, example=4, high=16, why="the paper pads 4; the padded set stays in memory"),
     "data.encoding": text(r"original|jpeg\d{1,3}", "original, or jpegQ for a JPEG copy of quality Q", "jpeg90"),
     "data.test_subset": whole(1, example=500, null=True),
     "data.train_dir": text(allowed="a folder name", example="train"),
@@ -167,6 +169,14 @@ def check_config(cfg: DictConfig) -> None:
 
 def _check_together(cfg: DictConfig) -> None:
     t, d = cfg.train, cfg.data
+    if cfg.model.family != d.family:
+        hint = ("profile=proxy and data=imagenette are for the ImageNet experiments (table2, table3, table4, fig4)"
+                if d.family == "imagenet" else "choose an experiment of that family (resnet-repro list)")
+        raise UserError(f"model.family={cfg.model.family} with data.family={d.family}: a net and its data go "
+                        f"together; {hint}")
+    if t.get("schedule", "step") == "plateau" and "plateau" not in t:
+        raise UserError("train.schedule=plateau: this recipe has no train.plateau settings (the ImageNet recipe's "
+                        "LR drop on a plateau, Sec. 3.4); the CIFAR-10 recipe divides the LR at train.milestones")
     if t.get("schedule", "step") == "step" and any(m >= t.iterations for m in t.milestones):
         raise UserError(f"train.milestones={_show(list(t.milestones))}: each must be below train.iterations="
                         f"{t.iterations} (the LR is divided at each), e.g. train.milestones=[{t.iterations // 2}]")
