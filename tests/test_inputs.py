@@ -75,6 +75,27 @@ def test_a_bad_input_is_one_line_at_once(tmp_path, args, says):
     assert not (tmp_path / "experiments").exists()  # refused before any run directory was made
 
 
+OTHER = [  # commands besides `run`: (arguments, what the one line must say)
+    (["collect", "/nonexistent"], "SOURCE /nonexistent: no such folder"),
+    (["report", "--runs-dir", "/nonexistent"], "--runs-dir /nonexistent: no such folder"),
+    (["plot", "fig1", "--runs-dir", "/nonexistent"], "--runs-dir /nonexistent: no such folder"),
+    (["eval", "/nonexistent"], "no checkpoint at /nonexistent"),
+    (["eval", "--hub", "cifar10_resnet7"], "unknown hub model 'cifar10_resnet7'"),
+    (["sweep", "cifar", "--n", "a,b"], "--n must be comma-separated whole numbers"),
+    (["sweep", "cifar", "--n", "0"], "--n must be >= 1"),
+    (["models", "imagenet", "--depth", "77"], "ImageNet depth must be one of [18, 34, 50, 101, 152], got 77"),
+    (["bench", "--pack", "0"], "--pack 0: give a whole number >= 1"),
+]
+
+
+@pytest.mark.parametrize("args, says", OTHER, ids=[" ".join(a) for a, _ in OTHER])
+def test_other_commands_refuse_bad_input_in_one_line(tmp_path, args, says):
+    result = CliRunner().invoke(app, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+
+
 def test_the_memory_check_names_the_estimate_and_the_device():
     result = CliRunner().invoke(app, ["run", "custom", "model.n=1000000", *SMOKE])
     line = result.stderr.strip()

@@ -7,9 +7,7 @@ answer at once; each command imports what it needs."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from enum import Enum
-from functools import wraps
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +15,10 @@ import typer
 from rich.table import Table
 
 from . import config as config_mod
-from .errors import Interrupted, UserError
+from .errors import UserError
 from .signals import Signalled, install_setup_handlers
 from .spec import spec_from_config
-from .terminal import console, err_console, print_written, train_and_report
+from .terminal import console, err_console, friendly_errors, print_written, train_and_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Re-run He et al. 2015, 'Deep Residual Learning for Image Recognition'.")
@@ -82,38 +80,6 @@ class Stride(str, Enum):
     v1_5 = "v1.5"
 
 
-def friendly_errors(fn: Callable) -> Callable:
-    """User errors become one line on stderr and a non-zero exit, never a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            result = fn(*args, **kwargs)
-            _end_process_group(together=True)
-            return result
-        except (Interrupted, Signalled) as e:
-            err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
-            raise typer.Exit(130)
-        except UserError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-        finally:
-            _end_process_group()
-
-    return wrapper
-
-
-def _end_process_group(together: bool = False) -> None:
-    """Under torchrun, end the process group before the process exits, after a good run all ranks at
-    once (rank 0 writes the reports last): a rank leaving while a peer still holds the group can abort
-    ("terminate called without an active exception")."""
-    dist = sys.modules.get("torch.distributed")  # never imported: nothing to end, and no torch import
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        if together:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
 def parse_ints(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -134,6 +100,13 @@ def parse_archs(text: str) -> list[str]:
 
 # `--arch plain,resnet`: one option naming several choices, listed in --help by its metavar
 ARCHS_METAVAR = "<" + "|".join(a.value for a in Arch) + ">,..."
+
+
+def _existing(path: Path, what: str) -> Path:
+    """A folder the command reads from: it must be there (a folder it writes to is made: check_folder)."""
+    if not Path(path).is_dir():
+        raise UserError(f"{what} {path}: no such folder")
+    return path
 
 
 def _path_overrides(data_dir, results_dir, runs_dir) -> list[str]:
@@ -233,10 +206,10 @@ def bench(
         help="What to time, cifar (the default) or imagenet, then Hydra overrides, e.g. engine.precision=fp32.")] = None,
     n: Annotated[int, typer.Option("--n", help="CIFAR net of depth 6n+2 (3: ResNet-20).")] = 3,
     arch: Annotated[Arch, typer.Option("--arch", help="resnet or plain.")] = Arch.resnet,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Mini-batch (CIFAR: the paper's 128; ImageNet: 256 on a GPU, 16 on a CPU).")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Timed steps per pipeline (default 20 on CPU, 300 on GPU; ImageNet 3 and 50).")] = None,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed steps first, compilation included (default 3 CPU, 30 GPU).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (CIFAR reference: min(4, cores); ImageNet: all cores).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Mini-batch (CIFAR: the paper's 128; ImageNet: 256 on a GPU, 16 on a CPU).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Timed steps per pipeline (default 20 on CPU, 300 on GPU; ImageNet 3 and 50).")] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Untimed steps first, compilation included (default 3 CPU, 30 GPU).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader workers (CIFAR reference: min(4, cores); ImageNet: all cores).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     pack: Annotated[int | None, typer.Option("--pack", help="Instead: one run alone against K runs packed (engine.pack=K).")] = None,
     images: Annotated[int, typer.Option("--images", help="ImageNet: how many ImageNet-sized JPEGs to generate (once, cached).")] = 2000,
@@ -289,7 +262,7 @@ def plot(
     from . import plots
 
     config_mod.check_folder(results_dir, "--results-dir")
-    runs = config_mod.runs_root_for(results_dir, runs_dir)
+    runs = config_mod.runs_root_for(results_dir, runs_dir and _existing(runs_dir, "--runs-dir"))
     names = list(plots.FIGURES) if figure is Figure.all else [figure.value]
     print_written([r for name in names for r in plots.plot_figures(name, runs, results_dir, profile=profile)], runs)
 
@@ -304,7 +277,7 @@ def report(
     from . import report as report_mod
 
     config_mod.check_folder(results_dir, "--results-dir")
-    runs = config_mod.runs_root_for(results_dir, runs_dir)
+    runs = config_mod.runs_root_for(results_dir, runs_dir and _existing(runs_dir, "--runs-dir"))
     print_written(report_mod.write_report(runs, results_dir), runs)
 
 
@@ -319,6 +292,7 @@ def collect(
     the training images' pixel mean, sha256 and size in summary.json); a finished run there is never replaced."""
     from .weights import collect as collect_runs
 
+    _existing(source, "SOURCE")
     config_mod.check_folder(runs_dir, "--runs-dir")
     for run_id in collect_runs(source, runs_dir, data_dir) or []:
         console.print(f"collected {run_id}", highlight=False)

@@ -1,18 +1,57 @@
-"""What the training commands show: a Rich bar on a terminal, plain progress lines in a log (nohup, a
-cluster's log file, CI), then the files and figures written. Nothing below the CLI prints."""
+"""What the commands show: an error as one line and an exit code, never a traceback; while training, a Rich
+bar on a terminal or plain progress lines in a log (nohup, a cluster's log file, CI); then the files and
+figures written. Nothing below the CLI prints."""
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import config as config_mod
+from .errors import Interrupted, UserError
+from .signals import Signalled
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+
+def friendly_errors(fn: Callable) -> Callable:
+    """User errors become one line on stderr and a non-zero exit, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+            _end_process_group(together=True)
+            return result
+        except (Interrupted, Signalled) as e:
+            err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
+            raise typer.Exit(130)
+        except UserError as e:
+            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        finally:
+            _end_process_group()
+
+    return wrapper
+
+
+def _end_process_group(together: bool = False) -> None:
+    """Under torchrun, end the process group before the process exits, after a good run all ranks at
+    once (rank 0 writes the reports last): a rank leaving while a peer still holds the group can abort
+    ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")  # never imported: nothing to end, and no torch import
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
+        dist.destroy_process_group()
+
 
 LOG_EVERY_S = 30  # where output is a log, not a terminal: a line per run at most this often, and every evaluation
 
