@@ -216,9 +216,11 @@ def bench(
     data_dir: DataDir = None,
     results_dir: ResultsDir = Path("results"),
 ):
-    """Images/s, a row in RESULTS/bench.csv. cifar: our training step against the usual PIL + DataLoader
-    pipeline (or, with --pack K, one run alone against K packed). imagenet: the input pipelines (CPU
-    workers; nvJPEG on a GPU) and ResNet-50's step, each alone, on generated ImageNet-sized JPEGs or --data-dir."""
+    """Images/s of our training step against the usual pipeline, a row in RESULTS/bench.csv.
+
+    cifar: our training step against the usual PIL + DataLoader pipeline (or, with --pack K, one run alone
+    against K packed). imagenet: the input pipelines (CPU workers; nvJPEG on a GPU) and ResNet-50's step,
+    each alone, on generated ImageNet-sized JPEGs or --data-dir."""
     args = list(args or [])
     kind = args.pop(0) if args and args[0] in BENCH_KINDS else "cifar"
     if args and "=" not in args[0]:
@@ -288,8 +290,10 @@ def collect(
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the finished runs go.")] = Path("experiments"),
     data_dir: DataDir = None,
 ):
-    """Finished CIFAR-10 runs of SOURCE into --runs-dir, each with its weights (weights.pt: the net in fp32 with
-    the training images' pixel mean, sha256 and size in summary.json); a finished run there is never replaced."""
+    """Finished CIFAR-10 runs of SOURCE into --runs-dir, each with its weights.
+
+    weights.pt is the net in fp32 with the training images' pixel mean; its sha256 and size go into
+    summary.json. A finished run already in --runs-dir is never replaced."""
     from .weights import collect as collect_runs
 
     _existing(source, "SOURCE")
@@ -376,8 +380,10 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", help="ImageNet: images per batch (fewer for multiscale).")] = 100,
     workers: Annotated[int | None, typer.Option("--workers", help="ImageNet: decoding processes (default: engine.workers).")] = None,
 ):
-    """Score saved models: a CIFAR-10 run's weights again on its test set, beside the error the run reported
-    (equal in the run's precision; within 0.05 points in another), or ImageNet-style checkpoints on val/."""
+    """Score saved models again: CIFAR-10 runs' weights, the hub's, or ImageNet-style checkpoints.
+
+    A CIFAR-10 run's weights are scored on its test set beside the error the run reported (equal in the
+    run's precision; within 0.05 points in another); ImageNet-style checkpoints on val/."""
     from . import weights
 
     paths = list(checkpoints or [])
