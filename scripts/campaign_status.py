@@ -4,7 +4,7 @@
 
 RUNS_DIR is the campaign's runs/paper/; each further argument is one run's overrides, in queue order.
 A run is "running" while a process holds its lock; the time left is its remaining iterations at the speed
-of its last metrics rows, and a run not started yet is estimated from the nearest depth that has rows
+of its last ten metrics rows (the median), and a run not started yet is estimated from the nearest depth that has rows
 (time per iteration grows with the number of 3x3 layers).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import statistics
 import sys
 from pathlib import Path
 
@@ -49,9 +50,9 @@ def main(runs_dir: Path, queue: list[str]) -> None:
         planned.append((cfg.run.id, int(cfg.run.depth), int(cfg.train.iterations)))
     s_per_iter_by_depth = {}
     for run_id, depth, _ in planned:
-        r = rows(runs_dir / run_id / "metrics.csv")[1:][-5:]  # the first row holds the compile
-        if r:
-            s_per_iter_by_depth.setdefault(depth, sum(128 / float(x["images_per_s"]) for x in r) / len(r))
+        r = rows(runs_dir / run_id / "metrics.csv")[1:][-10:]  # the first row holds the compile
+        if r:  # the median: a row that spans a pause or a busy minute must not set the estimate
+            s_per_iter_by_depth.setdefault(depth, statistics.median(128 / float(x["images_per_s"]) for x in r))
     total_left = 0.0
     print(f"{'run':<24} {'state':<12} {'iteration':>15} {'test err':>8} {'img/s':>6} {'trained':>8} {'left':>8}")
     for run_id, depth, iterations in planned:
@@ -60,8 +61,8 @@ def main(runs_dir: Path, queue: list[str]) -> None:
         r = rows(path / "metrics.csv")
         done = int(r[-1]["iteration"]) if r else 0
         tested = [x["test_error"] for x in r if x.get("test_error")]
-        recent = r[1:][-5:]
-        speed = sum(float(x["images_per_s"]) for x in recent) / len(recent) if recent else None
+        recent = r[1:][-10:]
+        speed = statistics.median(float(x["images_per_s"]) for x in recent) if recent else None
         if summary is not None and summary.status == "finished":
             state, left = "finished", 0.0
         else:
@@ -70,7 +71,7 @@ def main(runs_dir: Path, queue: list[str]) -> None:
                 (s * (depth - 2) / (d - 2) for d, s in sorted(s_per_iter_by_depth.items(), key=lambda kv: abs(kv[0] - depth))), None)
             left = (iterations - done) * known if known else float("nan")
         total_left += left if left == left else 0.0
-        trained = hours(summary.wall_s) if summary is not None and summary.wall_s else "-"
+        trained = hours(float(r[-1]["wall_s"])) if r else "-"  # the summary's wall_s is only as of the last start
         print(f"{run_id:<24} {state:<12} {done:>7,}/{iterations:>7,} {tested[-1] if tested else '-':>8} "
               f"{f'{speed:.0f}' if speed else '-':>6} {trained:>8} {hours(left) if left == left else '?':>8}")
     print(f"left in all: {hours(total_left)} of one core's time (divide by the workers running)")

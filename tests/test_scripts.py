@@ -56,3 +56,22 @@ def test_training_stops_at_its_deadline_and_every_run_comes_back(tmp_path):
 def test_the_committed_sha256_is_what_a_build_from_the_parts_must_match():
     lines = (SCRIPT.parent / "cifar10_lossless.sha256").read_text().splitlines()
     assert len(lines) == 7 and all(len(line.split()[0]) == 64 for line in lines)
+
+
+def test_the_campaign_status_says_what_is_finished_stopped_and_queued_with_times(tmp_path):
+    from rundirs import make_run
+
+    make_run(tmp_path, "paper", "resnet20-A")  # metrics rows at 5,000 images/s, wall_s = iteration / 100
+    make_run(tmp_path, "paper", "resnet32-A", status="running")  # half-way, and no process holds its lock
+    status = SCRIPT.parent / "campaign_status.py"
+    done = subprocess.run([sys.executable, str(status), str(tmp_path / "paper"), "model.n=3 seed=0",
+                           "model.n=5 seed=0", "model.arch=plain model.n=3 seed=0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    table = [line.split() for line in done.stdout.splitlines()[1:-1]]
+    # run, state, iteration, test error, images/s, trained (from the last metrics row), left
+    assert table[0] == ["resnet20-A-seed0", "finished", "64,000/", "64,000", "10", "5000", "0.2", "h", "0.0", "h"]
+    assert table[1] == ["resnet32-A-seed0", "stopped", "32,000/", "64,000", "10", "5000", "0.1", "h", "0.2", "h"]
+    # not started: estimated from the nearest depth's speed (ResNet-20's 3x3 layers for plain-20)
+    assert table[2] == ["plain20-seed0", "queued", "0/", "64,000", "-", "-", "-", "0.5", "h"]
+    assert done.stdout.splitlines()[-1].startswith("left in all: 0.7 h")
