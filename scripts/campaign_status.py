@@ -1,8 +1,8 @@
 """What the paper-schedule CPU campaign has done, is doing and has left (`reproduce_cpu.sh paper status`).
 
-    python scripts/campaign_status.py RUNS_DIR "model.n=3 seed=0" "model.n=5 seed=0" ...
+    python scripts/campaign_status.py RUNS_DIR DATA_DIR "model.n=3 seed=0" "model.n=5 seed=0" ...
 
-RUNS_DIR is the campaign's runs/paper/; each further argument is one run's overrides, in queue order.
+RUNS_DIR is the campaign's runs/<profile>/ (runs/paper/), DATA_DIR the workers' --data-dir; each further argument is one run's overrides, in queue order.
 A run is "running" while a process holds its lock; the time left is its remaining iterations at the speed
 of its last ten metrics rows (the median), and a run not started yet is estimated from the nearest depth that has rows
 (time per iteration grows with the number of 3x3 layers).
@@ -43,19 +43,20 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def main(runs_dir: Path, queue: list[str]) -> None:
+def main(runs_dir: Path, data_dir: Path, queue: list[str]) -> None:
     planned = []
-    for overrides in queue:
-        (cfg,) = expand_runs(compose_experiment("custom", ["profile=paper", *overrides.split()]))
-        planned.append((cfg.run.id, int(cfg.run.depth), int(cfg.train.iterations)))
+    for overrides in queue:  # composed as the workers compose them, so the run ids are theirs
+        (cfg,) = expand_runs(compose_experiment("custom", [f"profile={runs_dir.name}", f"data_dir={data_dir}",
+                                                           *overrides.split()]))
+        planned.append((cfg.run.id, int(cfg.run.depth), int(cfg.train.iterations), int(cfg.train.batch_size)))
     s_per_iter_by_depth = {}
-    for run_id, depth, _ in planned:
+    for run_id, depth, _, batch in planned:
         r = rows(runs_dir / run_id / "metrics.csv")[1:][-10:]  # the first row holds the compile
         if r:  # the median: a row that spans a pause or a busy minute must not set the estimate
-            s_per_iter_by_depth.setdefault(depth, statistics.median(128 / float(x["images_per_s"]) for x in r))
+            s_per_iter_by_depth.setdefault(depth, statistics.median(batch / float(x["images_per_s"]) for x in r))
     total_left = 0.0
     print(f"{'run':<24} {'state':<12} {'iteration':>15} {'test err':>8} {'img/s':>6} {'trained':>8} {'left':>8}")
-    for run_id, depth, iterations in planned:
+    for run_id, depth, iterations, _ in planned:
         path = runs_dir / run_id
         summary = RunDir(path).read_summary()
         r = rows(path / "metrics.csv")
@@ -78,4 +79,4 @@ def main(runs_dir: Path, queue: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2:])
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])

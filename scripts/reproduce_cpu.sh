@@ -13,6 +13,9 @@
 #
 # CAMPAIGN (default ~/campaign) holds code/, data/, runs/, results/ and logs/. WORKERS (default: every core)
 # is how many runs train at once, one thread each, at nice 19: the campaign uses idle time and yields.
+# To try the machinery in seconds (the tests do): PROFILE=smoke DATA=DIR (a folder holding
+# cifar-10-batches-py/, used as it is) RUNS=K (the first K runs of the queue). The paper profile always
+# trains on the pixel-exact copy built from LOSSLESS.
 #
 # `budget` (the default): the shortened CIFAR-10 schedule and the ImageNet proxy committed in results/
 # (issue 7), two queues side by side, one thread each. Re-running continues where it stopped.
@@ -23,6 +26,8 @@ repo="${REPO:-$(cd "$(dirname "$0")/.." && pwd)}"
 campaign="${CAMPAIGN:-$HOME/campaign}"
 lossless="${LOSSLESS:-$repo/../shared/data/cifar10/cifar10_lossless.npz}"
 python="${PYTHON:-$repo/.venv/bin/python}"
+profile="${PROFILE:-paper}"
+data_dir="${DATA:-$campaign/data}"
 
 # The order of issue 27: precision control and depths first, the noise and BN-64 controls, ResNet-110 last.
 # Each line is the overrides of one run (run ids as `resnet-repro` derives them).
@@ -45,6 +50,8 @@ QUEUE=(
   "model.n=18 seed=4"
 )
 
+[ -n "${RUNS:-}" ] && QUEUE=("${QUEUE[@]:0:$RUNS}")
+
 frozen() { PYTHONPATH="$campaign/code/src" nice -n 19 "$python" "$@"; }
 
 freeze() {  # a clone of this checkout's HEAD; kept until removed, so checkpoints always meet the code that wrote them
@@ -55,6 +62,11 @@ freeze() {  # a clone of this checkout's HEAD; kept until removed, so checkpoint
 }
 
 build_data() {  # CIFAR-10 from the pixel-exact copy, checked against the sha256 of the batch files every start
+  if [ -n "${DATA:-}" ]; then
+    [ "$profile" != paper ] || { echo "error: DATA is for trying the machinery (PROFILE=smoke); the paper runs train on the pixel-exact copy built from LOSSLESS" >&2; exit 2; }
+    [ -d "$DATA/cifar-10-batches-py" ] || { echo "error: DATA=$DATA holds no cifar-10-batches-py/" >&2; exit 2; }
+    return
+  fi
   local out="$campaign/data"
   if [ ! -d "$out/cifar-10-batches-py" ]; then
     [ -f "$lossless" ] || { echo "error: $lossless not found; set LOSSLESS to cifar10_lossless.npz" >&2; exit 2; }
@@ -72,8 +84,8 @@ worker() {  # one run after another in queue order; finished runs are skipped, r
   [ -d "$campaign/code/conf/engine" ] || threads=train.threads=1  # code frozen before the engine group existed
   for runs in "${QUEUE[@]}"; do
     # shellcheck disable=SC2086
-    frozen -m resnet_repro run custom profile=paper $runs $threads \
-      --data-dir "$campaign/data" --results-dir "$campaign/results" --runs-dir "$campaign/runs" || {
+    frozen -m resnet_repro run custom profile="$profile" $runs $threads \
+      --data-dir "$data_dir" --results-dir "$campaign/results" --runs-dir "$campaign/runs" || {
         rc=$?
         [ "$rc" -eq 130 ] && exit 130  # stopped: checkpoint saved, `start` resumes
         echo "run '$runs' ended with status $rc; going on with the next" >&2
@@ -85,25 +97,26 @@ start() {
   freeze
   build_data
   mkdir -p "$campaign/logs"
-  # workers run a copy of this script: bash reads a script as it goes, so an edit here would reach them
-  cp "$0" "$campaign/worker.sh"
+  # workers run a copy of this script: bash reads a script as it goes, so an edit here would reach them;
+  # the copy is renamed into place, so the workers still running keep reading the one they started with
+  cp "$0" "$campaign/worker.sh.new" && mv -f "$campaign/worker.sh.new" "$campaign/worker.sh"
   local running
-  running=$(pgrep -fc "worker.sh paper worker" || true)
+  running=$(pgrep -fc "$campaign/worker.sh paper worker" || true)  # this campaign's, not another's
   local want="${WORKERS:-$(nproc)}"
   for ((i = running; i < want; i++)); do
     REPO="$repo" nohup setsid nice -n 19 bash "$campaign/worker.sh" paper worker >> "$campaign/logs/worker$i.log" 2>&1 < /dev/null &
     echo "worker $i started (log $campaign/logs/worker$i.log)"
-    sleep 20  # let it take its run's lock before the next one looks
+    if ((i + 1 < want)); then sleep 20; fi  # let it take its run's lock before the next one looks
   done
 }
 
 stop() {  # the workers first, so none goes on to its next run; then the runs, which checkpoint and exit
-  pkill -TERM -f "worker.sh paper worker" || true
-  pkill -TERM -f "resnet_repro run custom profile=paper" || true
+  pkill -TERM -f "$campaign/worker.sh paper worker" || true
+  pkill -TERM -f "resnet_repro run custom profile=$profile .*--runs-dir $campaign/runs" || true
 }
 
 status() {
-  PYTHONPATH="$repo/src" "$python" "$repo/scripts/campaign_status.py" "$campaign/runs/paper" "${QUEUE[@]}"
+  PYTHONPATH="$repo/src" "$python" "$repo/scripts/campaign_status.py" "$campaign/runs/$profile" "$data_dir" "${QUEUE[@]}"
 }
 
 collect() {  # finished runs into this checkout's experiments/, their weights beside them; then the reports again

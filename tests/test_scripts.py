@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_the_campaign_status_says_what_is_finished_stopped_and_queued_with_times
     make_run(tmp_path, "paper", "resnet20-A")  # metrics rows at 5,000 images/s, wall_s = iteration / 100
     make_run(tmp_path, "paper", "resnet32-A", status="running")  # half-way, and no process holds its lock
     status = SCRIPT.parent / "campaign_status.py"
-    done = subprocess.run([sys.executable, str(status), str(tmp_path / "paper"), "model.n=3 seed=0",
+    done = subprocess.run([sys.executable, str(status), str(tmp_path / "paper"), str(tmp_path), "model.n=3 seed=0",
                            "model.n=5 seed=0", "model.arch=plain model.n=3 seed=0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -75,3 +76,42 @@ def test_the_campaign_status_says_what_is_finished_stopped_and_queued_with_times
     # not started: estimated from the nearest depth's speed (ResNet-20's 3x3 layers for plain-20)
     assert table[2] == ["plain20-seed0", "queued", "0/", "64,000", "-", "-", "-", "0.5", "h"]
     assert done.stdout.splitlines()[-1].startswith("left in all: 0.7 h")
+
+
+@pytest.mark.slow  # half a minute: a clone, two trainings and the status calls, each its own process
+def test_the_campaign_trains_its_queue_from_frozen_code_and_reports_it(tmp_path, fake_cifar):
+    """`reproduce_cpu.sh paper start` with the machinery shrunk: the code frozen, a worker in the background
+    training the queue's first runs in order, `status` saying when they are finished, `stop` ending only
+    this campaign's processes."""
+    script = SCRIPT.parent / "reproduce_cpu.sh"
+    campaign = tmp_path / "campaign"
+    env = {**os.environ, "CAMPAIGN": str(campaign), "PROFILE": "smoke", "DATA": str(fake_cifar), "RUNS": "2",
+           "WORKERS": "1", "PYTHON": sys.executable}
+
+    def call(*args):
+        return subprocess.run(["bash", str(script), "paper", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    started = call("start")
+    assert started.returncode == 0 and "froze the code at" in started.stdout, started.stdout + started.stderr
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            status = call("status").stdout
+            table = [line.split() for line in status.splitlines()[1:-1]]  # run, state, ...
+            if all(row[1] == "finished" for row in table):
+                break
+            assert time.monotonic() < deadline, status + (campaign / "logs" / "worker0.log").read_text()
+            time.sleep(1)
+    finally:
+        call("stop")
+    assert [row[0] for row in table] == ["resnet20-A-seed0", "resnet32-A-seed0"]  # the queue's first two
+    frozen = subprocess.run(["git", "-C", str(campaign / "code"), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    for run_id in ("resnet20-A-seed0", "resnet32-A-seed0"):
+        summary = json.loads((campaign / "runs" / "smoke" / run_id / "summary.json").read_text())
+        assert summary["profile"] == "smoke" and summary["git_commit"].startswith(frozen[:7])
+    # the paper's runs train on the pixel-exact copy only
+    refused = subprocess.run(["bash", str(script), "paper", "start"], env={**env, "PROFILE": "paper"},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "pixel-exact" in refused.stderr
