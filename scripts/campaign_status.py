@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -79,4 +80,5 @@ def main(runs_dir: Path, data_dir: Path, queue: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `status | head` ends quietly, as other commands do
     main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])
