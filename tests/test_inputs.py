@@ -126,3 +126,19 @@ def test_progress_goes_to_a_log_as_plain_lines(tmp_path):
     assert first.startswith("resnet8-A-seed0-sample: iteration 2/6, lr 0.1, train error ")
     assert "images/s" in first and " trained, about " in first and first.endswith(" left")
     assert last.startswith("resnet8-A-seed0-sample: iteration 6/6, lr 0.001, ") and ", test error " in last
+
+
+@pytest.mark.parametrize("args, says", [
+    (["bench", "--steps", "0"], "error: Invalid value for '--steps'"),
+    (["plot", "fig9"], "error: Invalid value for 'figure'"),
+    (["sweep", "cifar", "--bogus"], "error: No such option: --bogus (see resnet-repro sweep --help)"),
+])
+def test_a_usage_error_from_the_installed_command_is_one_line(args, says):
+    """The entry point users run (`resnet-repro`, `python -m resnet_repro`): an option or argument Typer itself
+    refuses is one line as well, not Click's box."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "resnet_repro", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(says), done.stderr

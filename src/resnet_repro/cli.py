@@ -416,13 +416,25 @@ def _print_rescore(r: dict) -> None:
                   f"the run reported {r['reported']:.2f}%: {verdict}", highlight=False)
 
 
+# Click's UsageError (a bad option or argument), wherever this Typer takes Click from: BadParameter's base
+UsageError = typer.BadParameter.__mro__[1]
+
+
 def main() -> None:
     install_setup_handlers()  # a signal from here to the first training step ends the command in one line
     try:
-        app(prog_name="resnet-repro")
+        code = app(prog_name="resnet-repro", standalone_mode=False)
     except Signalled as e:  # before Typer had called a command (while it imported what it needs)
         err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
         sys.exit(130)
+    except UsageError as e:  # one line, like every other bad input (Typer would draw a box of Click's text)
+        where = e.ctx.command_path if e.ctx else "resnet-repro"
+        err_console.print(f"[red]error:[/red] {e.format_message()} (see {where} --help)", highlight=False,
+                          soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:  # end of input at a prompt of Click's own
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
