@@ -17,7 +17,7 @@ import torch
 
 from omegaconf import DictConfig
 
-from .config import DATA_ENV, data_root
+from .config import DATA_ENV, check_batch_fits, data_root
 from .data import Data, epoch_generator
 from .errors import UserError
 from .results import DataId
@@ -212,10 +212,7 @@ def build_cifar(cfg: DictConfig, engine, seed: int = 0) -> Data:
         arrays = hold_out_validation(arrays, int(d.validation_size))
     if d.get("test_subset"):
         arrays = evenly_spaced_tests(arrays, int(d.test_subset))
-    if int(cfg.train.batch_size) > len(arrays.train_labels):
-        left = f" left after data.validation_size={d.validation_size}" if d.validation_size else ""
-        raise UserError(f"train.batch_size={cfg.train.batch_size} is more than the {len(arrays.train_labels):,} "
-                        f"training images{left}: use at most {len(arrays.train_labels)}")
+    check_batch_fits(int(cfg.train.batch_size), len(arrays.train_labels), d.validation_size or 0)
     mean = arrays.train_images.float().div(255).mean(0)  # per-pixel mean image (Sec. 4.2)
     train = TensorImageLoader.from_images(arrays.train_images, arrays.train_labels, mean, int(cfg.train.batch_size),
                                           True, engine.device, seed, int(d.pad), engine.rank, engine.world)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from . import config as config_mod
 from .errors import UserError
-from .signals import Signalled, install_setup_handlers
+from .signals import install_setup_handlers
 from .spec import spec_from_config
 from .terminal import console, err_console, friendly_errors, print_written, train_and_report
 
@@ -298,7 +298,7 @@ def collect(
 
     _existing(source, "SOURCE")
     config_mod.check_folder(runs_dir, "--runs-dir")
-    for run_id in collect_runs(source, runs_dir, data_dir) or []:
+    for run_id in collect_runs(source, runs_dir, data_dir):
         console.print(f"collected {run_id}", highlight=False)
 
 
@@ -424,9 +424,6 @@ def main() -> None:
     install_setup_handlers()  # a signal from here to the first training step ends the command in one line
     try:
         code = app(prog_name="resnet-repro", standalone_mode=False)
-    except Signalled as e:  # before Typer had called a command (while it imported what it needs)
-        err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
-        sys.exit(130)
     except UsageError as e:  # one line, like every other bad input (Typer would draw a box of Click's text)
         where = e.ctx.command_path if e.ctx else "resnet-repro"
         err_console.print(f"[red]error:[/red] {e.format_message()} (see {where} --help)", highlight=False,

@@ -101,7 +101,7 @@ def compose_experiment(experiment: str, overrides: list[str] = (), conf: Path | 
     for o in overrides:
         if "=" not in o or o.startswith("="):
             raise UserError(f"malformed override {o!r}: write key=value, e.g. model.shortcut=B or profile=smoke")
-        _refuse_moved(o)
+        refuse_moved(o)
     if GlobalHydra.instance().is_initialized():  # a previous context was left open (tests, notebooks)
         GlobalHydra.instance().clear()
     try:
@@ -119,6 +119,9 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+_ABSENT = object()
+
+
 def upgraded(cfg: DictConfig) -> DictConfig:
     """A run's saved config.yaml of an older version in today's layout: the settings that moved (MOVED) in their
     new place, so a run trained by older code can be scored and exported (its id and results are its own)."""
@@ -126,9 +129,9 @@ def upgraded(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         cfg.setdefault("engine", {})
         for old, new in MOVED.items():
-            if OmegaConf.select(cfg, old) is None and OmegaConf.select(cfg, old, default="missing") == "missing":
+            value = OmegaConf.select(cfg, old, default=_ABSENT)
+            if value is _ABSENT:
                 continue
-            value = OmegaConf.select(cfg, old)
             parent, _, leaf = old.rpartition(".")
             (OmegaConf.select(cfg, parent) if parent else cfg).pop(leaf)
             if old == "train.amp":
@@ -138,7 +141,8 @@ def upgraded(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _refuse_moved(override: str) -> None:
+def refuse_moved(override: str) -> None:
+    """A setting that moved is refused in one line that names its new place."""
     key, value = _key(override), override.split("=", 1)[1]
     if key in MOVED:
         new = MOVED[key]
@@ -272,10 +276,15 @@ def _check_run(run: DictConfig) -> None:
         if held_out >= images:
             raise UserError(f"data.validation_size={held_out}: hold out fewer than the {images:,} "
                             f"training images, e.g. data.validation_size=5000 (the paper's 45k/5k split)")
-        if run.train.batch_size > images - held_out:  # a folder of another size is checked once it is read
-            left = f" left after data.validation_size={held_out}" if held_out else ""
-            raise UserError(f"train.batch_size={run.train.batch_size} is more than the {images - held_out:,} "
-                            f"training images{left}: use at most {images - held_out}")
+        check_batch_fits(run.train.batch_size, images - held_out, held_out)  # a folder of another size: once read
+
+
+def check_batch_fits(batch_size: int, images: int, held_out: int) -> None:
+    """A training batch no larger than the `images` left for training once `held_out` went to validation."""
+    if batch_size > images:
+        left = f" left after data.validation_size={held_out}" if held_out else ""
+        raise UserError(f"train.batch_size={batch_size} is more than the {images:,} training images{left}: "
+                        f"use at most {images}")
 
 
 def sweep_entries(archs: list[str], ns: list[int]) -> list[dict]:

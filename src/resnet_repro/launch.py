@@ -31,7 +31,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
 from . import runner
-from .config import MOVED, compose_experiment, config_dir, expand_runs, runs_root
+from .config import compose_experiment, config_dir, expand_runs, refuse_moved, runs_root
 from .engine import is_main_process
 from .errors import Interrupted, UserError
 from .signals import Signalled
@@ -59,8 +59,11 @@ def _torch_env_from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def chosen_runs(cfg: DictConfig) -> list[DictConfig]:
-    """The runs of one job: the `run_index`-th of the experiment's, or the one run its config makes."""
+def chosen_runs(cfg: DictConfig, overrides: list[str]) -> list[DictConfig]:
+    """The runs of one job composed from `overrides`: the `run_index`-th of the experiment's, or the one run
+    its config makes. Run ids and variants come from the overrides, as in the CLI (run_index is not one)."""
+    with open_dict(cfg):
+        cfg.experiment.overrides = [o for o in overrides if not o.startswith("run_index=")]
     runs = expand_runs(cfg)
     index = cfg.get("run_index")
     if index is not None:
@@ -77,9 +80,7 @@ def chosen_runs(cfg: DictConfig) -> list[DictConfig]:
 
 def train_one(cfg: DictConfig, overrides: list[str]) -> Summary:
     """Train the single run `cfg` describes (as the CLI would for the same overrides)."""
-    with open_dict(cfg):
-        cfg.experiment.overrides = [o for o in overrides if not o.startswith("run_index=")]  # as in the CLI
-    runs = chosen_runs(cfg)
+    runs = chosen_runs(cfg, overrides)
 
     def on_run(run_cfg, run, status):
         if is_main_process():
@@ -162,27 +163,18 @@ def grid_runs(args: list[str]) -> list[DictConfig]:
         experiment = next((p.split("=", 1)[1] for p in point if p.startswith("experiment=")), "custom")
         overrides = [p for p in point if not p.startswith("experiment=")]
         try:
-            cfg = compose_experiment(experiment, overrides)
-            with open_dict(cfg):
-                cfg.experiment.overrides = [o for o in overrides if not o.startswith("run_index=")]
-            runs += chosen_runs(cfg)
+            runs += chosen_runs(compose_experiment(experiment, overrides), overrides)
         except UserError:  # its job failed for the same reason, and said so
             continue
     return runs
 
 
-def _refuse_moved(args: list[str]) -> None:
-    """A setting that moved is refused in one line here too (Hydra would only say it cannot override it)."""
-    for arg in args:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        if "=" in arg and key in MOVED:
-            raise UserError(f"{key} is now {MOVED[key]}: write {MOVED[key]}={arg.split('=', 1)[1]}")
-
-
 def main() -> None:
     args = sys.argv[1:]
     try:
-        _refuse_moved(args)
+        for arg in args:  # sweeps included (Hydra would only say it cannot override a moved setting)
+            if "=" in arg:
+                refuse_moved(arg)
         configs = finish_configs(args)
         for cfg in configs:  # failures of an earlier grid are not this one's
             shutil.rmtree(runs_root(cfg) / FAILED, ignore_errors=True)

@@ -31,10 +31,6 @@ class Signalled(BaseException):
                          f"nothing to resume, nothing lost; run the same command again")
 
 
-def raise_signalled(signum: int, _frame=None) -> None:
-    raise Signalled(signum)
-
-
 def exit_at_once(signum: int, _frame=None) -> None:
     """Before the runner takes over (the command still importing torch, composing): one line and out. Not an
     exception: raised in the middle of an import, one can leave a half-initialised extension behind that
@@ -88,8 +84,7 @@ class StopFlag:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             handler = previous.get(self.signum)
-            if stopped and callable(handler) and handler not in (signal.default_int_handler, raise_signalled,
-                                                                 exit_at_once):
+            if stopped and callable(handler) and handler not in (signal.default_int_handler, exit_at_once):
                 handler(self.signum, None)  # e.g. submitit requeues the job and exits
 
     @contextlib.contextmanager

@@ -46,7 +46,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _cpu_run(run: RunDir):
+def _cifar_config(run: RunDir):
     """The run's config (of any version, in today's layout); a CIFAR-10 run's only."""
     if not run.config.exists():
         raise UserError(f"{run.path} is not a run directory (no config.yaml)")
@@ -61,7 +61,7 @@ def export_weights(run: RunDir, into: RunDir, data_dir: Path | None = None) -> d
     the summary's `weights` entry."""
     from .cifar import build_cifar  # the data the run trained on gives its mean
 
-    cfg = _cpu_run(run)
+    cfg = _cifar_config(run)
     summary = run.read_summary()
     state = run.load_checkpoint()
     if summary is None or summary.status != "finished" or state is None or state["iteration"] != summary.iterations:
@@ -105,6 +105,13 @@ def is_cifar_run(path: Path) -> bool:
     return config.is_file() and OmegaConf.load(config).get("data", {}).get("family") == "cifar"
 
 
+def _check_sha256(run: RunDir, summary: Summary | None) -> None:
+    """The run's weights.pt is the file its summary names (where the summary names one)."""
+    expected = ((summary and summary.weights) or {}).get("sha256")
+    if expected and sha256(run.weights) != expected:
+        raise UserError(f"{run.weights} is not the file its summary names (sha256 differs): restore it from git")
+
+
 def load_weights(path: Path, model_cfg) -> Normalised:
     """A weights.pt into the net `model_cfg` describes; a damaged file or another architecture is one line."""
     try:
@@ -127,13 +134,11 @@ def rescore(path: Path, data_dir: Path | None = None, device: str = "cpu", preci
     from .cifar import build_cifar
 
     run = RunDir(path)
-    cfg = _cpu_run(run)
+    cfg = _cifar_config(run)
     summary: Summary = run.read_summary()
     if not run.weights.exists():
         raise UserError(f"{run.path} has no weights.pt (only finished runs of the paper profile keep theirs)")
-    expected = (summary.weights or {}).get("sha256")
-    if expected and sha256(run.weights) != expected:
-        raise UserError(f"{run.weights} is not the file its summary names (sha256 differs): restore it from git")
+    _check_sha256(run, summary)
     used = precision or summary.precision or ("bf16" if summary.amp else "fp32")
     engine = eval_engine(device, used)
     if data_dir is not None:
@@ -165,25 +170,19 @@ HUB = {f"cifar10_{arch}{6 * n + 2}": (arch, n) for arch in ("resnet", "plain") f
 def hub_model(arch: str, n: int, pretrained: bool) -> Normalised:
     """The paper's CIFAR-10 net of depth 6n+2 (option A for a ResNet), taking images in [0, 1]; with
     `pretrained`, the weights of our paper-schedule run of seed 0 in the default recipe."""
-    spec = ModelSpec("cifar", arch, 6 * n + 2)
     model_cfg = OmegaConf.create({"family": "cifar", "arch": arch, "n": n, "shortcut": "A"})
     if not pretrained:
         return Normalised(build_model(model_cfg, 10), torch.zeros(3, 32, 32))
-    run = RunDir(HUB_RUNS / f"{spec.name}-seed0")
+    run = _hub_run(arch, n)
     if not run.weights.exists():
-        raise UserError(f"no weights for {spec.pretty} yet: {run.path} has no weights.pt "
-                        f"(its paper-schedule run has not finished; `pretrained=False` builds the net)")
-    summary = run.read_summary()
-    if summary and summary.weights and sha256(run.weights) != summary.weights["sha256"]:
-        raise UserError(f"{run.weights} is not the file its summary names (sha256 differs)")
+        raise UserError(f"no weights for {ModelSpec('cifar', arch, 6 * n + 2).pretty} yet: {run.path} has no "
+                        f"weights.pt (its paper-schedule run has not finished; `pretrained=False` builds the net)")
+    _check_sha256(run, run.read_summary())
     return load_weights(run.weights, model_cfg).eval()
 
 
-
-def hub_run(name: str) -> RunDir:
-    if name not in HUB:
-        raise UserError(f"unknown hub model {name!r}: choose one of {', '.join(HUB)}")
-    arch, n = HUB[name]
+def _hub_run(arch: str, n: int) -> RunDir:
+    """The run whose weights the hub serves for the net: seed 0 in the default recipe."""
     return RunDir(HUB_RUNS / f"{ModelSpec('cifar', arch, 6 * n + 2).name}-seed0")
 
 
@@ -194,8 +193,10 @@ def rescore_hub(name: str, data_dir: Path | None, device: str = "cpu") -> dict:
     from .cifar import load_cifar10
     from .config import data_root
 
-    arch, n = HUB[name] if name in HUB else (None, None)
-    run = hub_run(name)
+    if name not in HUB:
+        raise UserError(f"unknown hub model {name!r}: choose one of {', '.join(HUB)}")
+    arch, n = HUB[name]
+    run = _hub_run(arch, n)
     model = hub_model(arch, n, pretrained=True).to(eval_engine(device, "fp32").device)
     arrays = load_cifar10(data_root(str(data_dir) if data_dir else None), download=False)
     wrong = 0
