@@ -60,6 +60,18 @@ def test_a_weight_file_that_is_not_the_one_its_summary_names_is_refused(tmp_path
     assert result.exit_code == 2 and "sha256 differs" in result.stderr
 
 
+def test_a_run_tested_on_other_images_than_eval_would_score_is_refused(tmp_path):
+    run = tmp_path / SAMPLE_RUN.name
+    shutil.copytree(SAMPLE_RUN, run)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["test_split"] = "test[:200]"  # what the smoke profile's subset meant before it was evenly spaced
+    (run / "summary.json").write_text(json.dumps(summary))
+    result = invoke("eval", run)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = result.stderr.strip().splitlines()
+    assert "was tested on test[:200]" in line and "not the same images" in line
+
+
 def test_collect_exports_the_weights_of_finished_runs_and_never_replaces_one(tmp_path):
     campaign, into = tmp_path / "campaign", tmp_path / "experiments"
     done = invoke("run", "custom", "profile=smoke", "model.n=1", "engine.threads=1", "--results-dir",

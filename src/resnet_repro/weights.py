@@ -145,6 +145,9 @@ def rescore(path: Path, data_dir: Path | None = None, device: str = "cpu", preci
         cfg.data_dir = str(data_dir)
     cfg.engine.eval_batch_size = 1000
     data = build_cifar(cfg, engine)
+    if summary.test_split and summary.test_split != data.test_split:  # e.g. a subset whose meaning changed since
+        raise UserError(f"{run.path.name} was tested on {summary.test_split} and this code would test it on "
+                        f"{data.test_split}: not the same images, so the errors cannot be compared")
     model = load_weights(run.weights, cfg.model)
     if not torch.equal(model.pixel_mean, data.pixel_mean.float()):
         raise UserError(f"the data in {cfg.data_dir} is not the data {run.path.name} trained on (another pixel mean)")
