@@ -83,15 +83,15 @@ def test_readme_says_how_far_the_paper_schedule_on_the_original_pixels_got(runs,
 
 
 def test_the_weights_table_lists_runs_with_weights_and_fills_a_readme_between_its_markers(runs, results):
-    make_run(runs, "paper", "resnet20-A", final_error=8.3, weights={"file": "weights.pt", "sha256": "ab" * 32,
-                                                                     "bytes": 1131669})
+    make_run(runs, "paper", "resnet20-A", final_error=8.3, precision="bf16", weights={
+        "file": "weights.pt", "sha256": "ab" * 32, "bytes": 1131669, "fp32_test_error": 8.32})
     make_run(runs, "paper", "resnet32-A", final_error=7.4)  # no weights: not listed
     readme = results.parent / "README.md"
     readme.write_text(f"# x\n\n{report.WEIGHTS_START}\nold\n{report.WEIGHTS_END}\n\nrest\n")
     written = report.write_weights_table(runs, results)
     table = (results / "weights.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| ResNet-20"))
-    assert "`paper/resnet20-A-seed0` (hub)" in row and "| 8.30 | 8.75 | 8.27 | 7.40 |" in row
+    assert "`paper/resnet20-A-seed0` (hub)" in row and "| 8.30 (bf16) | 8.32 | 8.75 | 8.27 | 7.40 |" in row
     assert "1.08 MiB" in row and "resnet-repro eval experiments/paper/resnet20-A-seed0" in row
     assert "ResNet-32" not in table and "best test epoch" in table
     assert readme in written and "old" not in readme.read_text() and row in readme.read_text()

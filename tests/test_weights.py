@@ -27,12 +27,13 @@ def test_a_committed_weight_file_scores_its_committed_error_again():
     result = invoke("eval", SAMPLE_RUN)
     assert result.exit_code == 0, result.output
     reported = json.loads((SAMPLE_RUN / "summary.json").read_text())["final_test_error"]
-    assert f"test error {reported:.2f}% on 500 test images in fp32; the run reported {reported:.2f}%: equal" in result.stdout
+    assert f"test error {reported:.2f}% on 500 test images in fp32; the run reported {reported:.2f}% (fp32): equal" in result.stdout
 
 
 def test_in_another_precision_it_agrees_within_one_image():
     result = invoke("eval", SAMPLE_RUN, "--precision", "bf16")
-    assert result.exit_code == 0 and "in bf16" in result.stdout and "within 0.05 points" in result.stdout
+    assert result.exit_code == 0 and "in bf16; the run reported" in result.stdout
+    assert ": equal" in result.stdout or "not equal, within 0.05 points" in result.stdout
 
 
 @pytest.mark.parametrize("damage, says", [
@@ -86,6 +87,11 @@ def test_collect_exports_the_weights_of_finished_runs_and_never_replaces_one(tmp
     assert not (run / "checkpoint.pt").exists()  # the weights only: no optimizer, no training state
     state = torch.load(run / "weights.pt", weights_only=True)
     assert "pixel_mean" in state and all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    # the exported weights' own fp32 error is kept, so fp32 rescoring (the hub's) is checked for equality
+    # even where the run trained and scored in bf16
+    assert 0 <= summary["weights"]["fp32_test_error"] <= 100 and summary["weights"]["fp32_scored_on"].startswith("cpu")
+    again = invoke("eval", run, "--precision", "fp32")
+    assert again.exit_code == 0 and f"{summary['weights']['fp32_test_error']:.2f}%" in again.stdout and ": equal" in again.stdout, again.output
     before = (run / "summary.json").read_bytes()
     assert "collected" not in invoke("collect", campaign / "experiments", "--runs-dir", into).stdout
     assert (run / "summary.json").read_bytes() == before
@@ -111,6 +117,15 @@ def test_the_hub_serves_committed_weights_with_their_sha256_and_the_mean_inside(
     (run / "weights.pt").write_bytes((run / "weights.pt").read_bytes()[:-1])
     with pytest.raises(weights.UserError, match="sha256 differs"):
         weights.hub_model("resnet", 3, pretrained=True)
+
+
+def test_eval_of_the_hub_scores_what_the_hub_serves_beside_its_run(tmp_path, monkeypatch):
+    shutil.copytree(SAMPLE_RUN, tmp_path / "resnet20-A-seed0")  # as if it were the paper-schedule run of seed 0
+    monkeypatch.setattr(weights, "HUB_RUNS", tmp_path)
+    result = invoke("eval", "--hub", "cifar10_resnet20")
+    reported = json.loads((SAMPLE_RUN / "summary.json").read_text())["final_test_error"]
+    assert result.exit_code == 0, result.output
+    assert f"on 500 test images in fp32; the run reported {reported:.2f}% (fp32): equal" in result.stdout
 
 
 def test_every_committed_paper_weight_file_is_the_one_its_summary_names():

@@ -198,9 +198,8 @@ def evenly_spaced_tests(arrays, k: int):
     return arrays
 
 
-def build_cifar(cfg: DictConfig, engine, seed: int = 0) -> Data:
-    """The CIFAR-10 loaders of a run's config: the folder `data_dir` (or the bundled sample), on the
-    engine's device, the training loader under `seed`."""
+def run_images(cfg: DictConfig) -> tuple[ImageArrays, DataId]:
+    """The images of a run's config: the folder `data_dir` (or the bundled sample), split and subset as it says."""
     d = cfg.data
     if d.sample:
         arrays = read_bundled_sample()
@@ -212,6 +211,13 @@ def build_cifar(cfg: DictConfig, engine, seed: int = 0) -> Data:
         arrays = hold_out_validation(arrays, int(d.validation_size))
     if d.get("test_subset"):
         arrays = evenly_spaced_tests(arrays, int(d.test_subset))
+    return arrays, dataset
+
+
+def build_cifar(cfg: DictConfig, engine, seed: int = 0) -> Data:
+    """The CIFAR-10 loaders of a run's config, on the engine's device, the training loader under `seed`."""
+    d = cfg.data
+    arrays, dataset = run_images(cfg)
     check_batch_fits(int(cfg.train.batch_size), len(arrays.train_labels), d.validation_size or 0)
     mean = arrays.train_images.float().div(255).mean(0)  # per-pixel mean image (Sec. 4.2)
     train = TensorImageLoader.from_images(arrays.train_images, arrays.train_labels, mean, int(cfg.train.batch_size),

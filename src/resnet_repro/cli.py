@@ -383,20 +383,19 @@ def eval_(
     """Score saved models again: CIFAR-10 runs' weights, the hub's, or ImageNet-style checkpoints.
 
     A CIFAR-10 run's weights are scored on its test set beside the error the run reported (equal in the
-    run's precision; within 0.05 points in another); ImageNet-style checkpoints on val/."""
+    run's precision and on fp32 beside the error its weights scored in fp32 when collected; within 0.05
+    points on other hardware or in another precision); ImageNet-style checkpoints on val/."""
     from . import weights
 
     paths = list(checkpoints or [])
-    if hub:
-        _print_rescore(weights.rescore_hub(hub, data_dir, device))
-        return
-    if not paths:
+    if not paths and not hub:
         raise UserError("give run directories or checkpoints to score, or --hub NAME")
     cifar = [p for p in paths if weights.is_cifar_run(p)]
     if cifar and len(cifar) < len(paths):
         raise UserError("score CIFAR-10 runs and ImageNet-style checkpoints in separate commands")
-    if cifar:
-        results = [weights.rescore(p, data_dir, device, precision) for p in cifar]
+    if cifar or hub:
+        results = [weights.rescore_hub(hub, data_dir, device)] if hub else [
+            weights.rescore(p, data_dir, device, precision) for p in cifar]
         for r in results:
             _print_rescore(r)
         if not all(r["agrees"] for r in results):
@@ -410,10 +409,16 @@ def eval_(
 
 
 def _print_rescore(r: dict) -> None:
-    how = "equal, as it must be in the run's precision" if r["same_precision"] else "within 0.05 points as it should be"
-    verdict = how if r["agrees"] else "DIFFERS: the weights, the data or the code changed"
+    from .weights import EQUAL_WITHIN
+
+    if r["equal"]:
+        verdict = "equal"
+    elif r["agrees"]:  # the same weights in other arithmetic (another precision, CPU or GPU) move a few images
+        verdict = f"not equal, within {EQUAL_WITHIN} points: other arithmetic (precision or device)"
+    else:
+        verdict = "DIFFERS: the weights, the data or the code changed"
     console.print(f"{r['run_id']}: test error {r['error']:.2f}% on {r['images']:,} test images in {r['precision']}; "
-                  f"the run reported {r['reported']:.2f}%: {verdict}", highlight=False)
+                  f"{r['beside']}: {verdict}", highlight=False)
 
 
 # Click's UsageError (a bad option or argument), wherever this Typer takes Click from: BadParameter's base

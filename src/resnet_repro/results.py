@@ -142,7 +142,7 @@ class Summary:
     images: int | None = None
     packed_with: list[str] | None = None  # engine.pack: the runs trained beside it in one packed net
     input_pipeline: str = ""  # ImageNet: CPU-worker or GPU (nvJPEG) decoding, as engine.decode chose
-    weights: dict | None = None  # a finished CIFAR-10 run's committed weights: file, sha256, bytes (weights.py)
+    weights: dict | None = None  # a finished CIFAR-10 run's committed weights: file, sha256, bytes, fp32 error (weights.py)
 
     _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end", "packed_with",
                          "input_pipeline", "data", "precision", "weights")
@@ -164,6 +164,11 @@ class Summary:
         if not values.get("data") and values.get("dataset"):
             values["data"] = dataclasses.asdict(DataId.from_name(values["dataset"]))
         return cls(**values)
+
+    @property
+    def trained_in(self) -> str:
+        """The precision it trained and scored in (summaries from before `precision` kept only `amp`)."""
+        return self.precision or ("bf16" if self.amp else "fp32")
 
     @property
     def data_id(self) -> DataId:

@@ -17,12 +17,13 @@ RUN_COLUMNS = ["run_id", "path", "status", "profile", "profile_label", "full_sch
                "paper_images", "data_note", "data_title", "classes", "model", "family",
                "arch", "depth", "shortcut", "params", "seed", "iterations", "iterations_done", "final_train_error",
                "final_test_error", "final_test_top5_error", "eval_protocol", "wall_s", "device", "variant",
-               "overrides", "ensemble", "mean_response_std", "weights_sha256", "weights_bytes",
+               "overrides", "ensemble", "mean_response_std", "precision", "weights_sha256", "weights_bytes",
+               "weights_fp32_error",
                *(f"final_{p}_{k}" for p in TEST_PROTOCOLS for k in ("error", "top5_error")),
                "unreadable", "problem"]
 _NUMERIC = ["data_rank", "classes", "depth", "params", "seed", "iterations", "iterations_done", "final_train_error",
             "final_test_error",
-            "final_test_top5_error", "wall_s", "mean_response_std",
+            "final_test_top5_error", "wall_s", "mean_response_std", "weights_fp32_error",
             *(f"final_{p}_{k}" for p in TEST_PROTOCOLS for k in ("error", "top5_error"))]
 
 
@@ -85,7 +86,8 @@ def _run_row(run: RunDir) -> dict:
         "eval_protocol": s.eval_protocol or "single", "wall_s": s.wall_s or 0.0, "device": s.device,
         "variant": s.variant, "overrides": " ".join(recipe_overrides(s.overrides)), "ensemble": bool(s.ensemble),
         "mean_response_std": mean_response_std,
-        "weights_sha256": (s.weights or {}).get("sha256", ""), "weights_bytes": (s.weights or {}).get("bytes"),
+        "precision": s.trained_in, "weights_sha256": (s.weights or {}).get("sha256", ""),
+        "weights_bytes": (s.weights or {}).get("bytes"), "weights_fp32_error": (s.weights or {}).get("fp32_test_error"),
         **{f"final_{p}_{k}": (final_eval.get(p) or {}).get(f"top{n}_error")
            for p in TEST_PROTOCOLS for k, n in (("error", 1), ("top5_error", 5))},
         **problem,

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from .engine import Engine, eval_engine
+from .hardware import device_name
 from .errors import UserError
 from .models import build_model
 from .results import RunDir, Summary, atomic_write_bytes
@@ -26,7 +27,7 @@ from .spec import ModelSpec, spec_from_config
 from .steppers import Scorer
 
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "responses.csv")
-EQUAL_WITHIN = 0.05  # points of error between a rescoring in another precision and the run's own
+EQUAL_WITHIN = 0.05  # points of error between a rescoring and its reference in another precision or on other hardware
 
 
 class Normalised(nn.Module):
@@ -46,36 +47,56 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _cifar_config(run: RunDir):
-    """The run's config (of any version, in today's layout); a CIFAR-10 run's only."""
+def _cifar_config(run: RunDir, data_dir: Path | None = None):
+    """The run's config (of any version, in today's layout), its data in `data_dir` where given; a CIFAR-10
+    run's only."""
     if not run.config.exists():
         raise UserError(f"{run.path} is not a run directory (no config.yaml)")
     cfg = upgraded(OmegaConf.load(run.config))
     if cfg.data.family != "cifar":
         raise UserError(f"{run.path} is not a CIFAR-10 run: weights are kept for CIFAR-10 runs")
+    if data_dir is not None:
+        cfg.data_dir = str(data_dir)
     return cfg
 
 
 def export_weights(run: RunDir, into: RunDir, data_dir: Path | None = None) -> dict:
     """`into`/weights.pt from the finished `run`'s checkpoint: the net in fp32 with its pixel mean; returns
-    the summary's `weights` entry."""
-    from .cifar import build_cifar  # the data the run trained on gives its mean
-
-    cfg = _cifar_config(run)
+    the summary's `weights` entry, with the test error of the exported weights in fp32 on this machine
+    (what the hub serves; the run itself may have scored in bf16)."""
+    cfg = _cifar_config(run, data_dir)
     summary = run.read_summary()
     state = run.load_checkpoint()
     if summary is None or summary.status != "finished" or state is None or state["iteration"] != summary.iterations:
         raise UserError(f"{run.path} is not finished with its last checkpoint: nothing to export")
-    if data_dir is not None:
-        cfg.data_dir = str(data_dir)
-    data = build_cifar(cfg, Engine(torch.device("cpu"), "fp32", False, None))
+    engine = eval_engine("cpu", "fp32")
+    data = _test_data(cfg, engine)  # the data the run trained on gives its mean
     net = build_model(cfg.model, 10)
     net.load_state_dict(state["model"])
     buf = io.BytesIO()
     torch.save({k: v.float() if v.is_floating_point() else v for k, v in Normalised(net, data.pixel_mean)
                 .state_dict().items()}, buf)
     atomic_write_bytes(into.weights, buf.getvalue())
-    return {"file": into.weights.name, "sha256": sha256(into.weights), "bytes": into.weights.stat().st_size}
+    return {"file": into.weights.name, "sha256": sha256(into.weights), "bytes": into.weights.stat().st_size,
+            "fp32_test_error": _test_error(load_weights(into.weights, cfg.model).net, data, engine),
+            "fp32_scored_on": device_name(engine.device)}
+
+
+def _test_data(cfg, engine: Engine):
+    """The run's CIFAR-10 data (its test split, its training images' mean), batched as every rescoring is."""
+    from .cifar import build_cifar
+
+    cfg.engine.eval_batch_size = 1000
+    return build_cifar(cfg, engine)
+
+
+def _test_error(net: nn.Module, data, engine: Engine) -> float:
+    """Top-1 error (%) of the bare net on the data's test set, the loader subtracting the mean as in training."""
+    net = net.to(engine.device)
+    if engine.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    [(error, _)] = evaluate(Scorer(net, engine), data.test, engine)
+    return error
 
 
 def collect(source: Path, into: Path, data_dir: Path | None = None) -> list[str]:
@@ -130,37 +151,38 @@ def load_weights(path: Path, model_cfg) -> Normalised:
 
 def rescore(path: Path, data_dir: Path | None = None, device: str = "cpu", precision: str | None = None) -> dict:
     """A run's committed weights scored again on its own test set, in the run's precision unless another is
-    given; beside the error the run reported, and whether the two agree."""
-    from .cifar import build_cifar
-
+    given; beside the error the run reported (or, in fp32, the one its weights scored when collected)."""
     run = RunDir(path)
-    cfg = _cifar_config(run)
+    cfg = _cifar_config(run, data_dir)
     summary: Summary = run.read_summary()
     if not run.weights.exists():
         raise UserError(f"{run.path} has no weights.pt (only finished runs of the paper profile keep theirs)")
     _check_sha256(run, summary)
-    used = precision or summary.precision or ("bf16" if summary.amp else "fp32")
-    engine = eval_engine(device, used)
-    if data_dir is not None:
-        cfg.data_dir = str(data_dir)
-    cfg.engine.eval_batch_size = 1000
-    data = build_cifar(cfg, engine)
+    trained_in = summary.trained_in
+    engine = eval_engine(device, precision or trained_in)
+    data = _test_data(cfg, engine)
     if summary.test_split and summary.test_split != data.test_split:  # e.g. a subset whose meaning changed since
         raise UserError(f"{run.path.name} was tested on {summary.test_split} and this code would test it on "
                         f"{data.test_split}: not the same images, so the errors cannot be compared")
     model = load_weights(run.weights, cfg.model)
     if not torch.equal(model.pixel_mean, data.pixel_mean.float()):
         raise UserError(f"the data in {cfg.data_dir} is not the data {run.path.name} trained on (another pixel mean)")
-    net = model.net.to(engine.device)
-    if engine.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    [(error, _)] = evaluate(Scorer(net, engine), data.test, engine)  # the loader subtracts the mean, as in training
-    same = engine.precision == (summary.precision or used)
-    images = len(data.test.labels)
-    ok = (error == summary.final_test_error) if same else abs(error - summary.final_test_error) <= max(
-        EQUAL_WITHIN, 100 / images + 1e-9)  # on a small test set, one image
-    return {"run_id": summary.run_id, "error": error, "reported": summary.final_test_error, "images": images,
-            "precision": engine.precision, "same_precision": same, "agrees": ok}
+    error = _test_error(model.net, data, engine)
+    return _beside(summary, error, engine.precision, trained_in, len(data.test.labels))
+
+
+def _beside(summary: Summary, error: float, precision: str, trained_in: str, images: int) -> dict:
+    """A rescoring beside its reference: the run's own error in the run's precision, else in fp32 the one its
+    weights scored when collected, else the run's (another precision: agreement within EQUAL_WITHIN)."""
+    collected = (summary.weights or {}).get("fp32_test_error")
+    if precision != trained_in and precision == "fp32" and collected is not None:
+        reference, label = collected, f"its weights scored {collected:.2f}% in fp32 when collected"
+    else:
+        reference, label = summary.final_test_error, f"the run reported {summary.final_test_error:.2f}% ({trained_in})"
+    within = max(EQUAL_WITHIN, 100 / images + 1e-9)  # on a small test set, one image
+    return {"run_id": summary.run_id, "error": error, "reference": reference, "beside": label,
+            "images": images, "precision": precision, "equal": error == reference,
+            "agrees": abs(error - reference) <= within}
 
 
 # ------------------------------------------------------------------------------------------ torch.hub
@@ -191,22 +213,21 @@ def _hub_run(arch: str, n: int) -> RunDir:
 
 @torch.inference_mode()
 def rescore_hub(name: str, data_dir: Path | None, device: str = "cpu") -> dict:
-    """The hub model `name` (pretrained) on the 10,000 CIFAR-10 test images in [0, 1], in fp32, beside the
-    error its run reported (that run may have trained and scored in bf16: agreement within EQUAL_WITHIN)."""
-    from .cifar import load_cifar10
-    from .config import data_root
+    """The hub model `name` (pretrained) on its run's test images in [0, 1], in fp32, beside the error its
+    weights scored in fp32 when collected (or, for weights collected before that was kept, the one its run
+    reported: that run may have scored in bf16, so agreement within EQUAL_WITHIN)."""
+    from .cifar import run_images
 
     if name not in HUB:
         raise UserError(f"unknown hub model {name!r}: choose one of {', '.join(HUB)}")
     arch, n = HUB[name]
     run = _hub_run(arch, n)
     model = hub_model(arch, n, pretrained=True).to(eval_engine(device, "fp32").device)
-    arrays = load_cifar10(data_root(str(data_dir) if data_dir else None), download=False)
+    arrays, _ = run_images(_cifar_config(run, data_dir))
     wrong = 0
     for start in range(0, len(arrays.test_labels), 1000):
         x = arrays.test_images[start : start + 1000].float().div(255).to(model.pixel_mean.device)
         wrong += int((model(x).argmax(1).cpu() != arrays.test_labels[start : start + 1000]).sum())
-    error = 100 * wrong / len(arrays.test_labels)
-    reported = run.read_summary().final_test_error
-    return {"run_id": run.path.name, "error": error, "reported": reported, "images": len(arrays.test_labels),
-            "precision": "fp32", "same_precision": False, "agrees": abs(error - reported) <= EQUAL_WITHIN}
+    summary = run.read_summary()
+    return _beside(summary, 100 * wrong / len(arrays.test_labels), "fp32", summary.trained_in,
+                   len(arrays.test_labels))
