@@ -19,7 +19,7 @@ dependencies = ["torch", "omegaconf"]
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
-from resnet_repro.weights import HUB, hub_model  # noqa: E402 -- after the checkout's src/ is on the path
+from resnet_repro.weights import HUB, hub_model, hub_run  # noqa: E402 -- after the checkout's src/ is on the path
 
 
 def _entry(name: str):
@@ -29,10 +29,10 @@ def _entry(name: str):
         return hub_model(arch, n, pretrained)
 
     load.__name__ = name
-    load.__doc__ = (f"{'ResNet' if arch == 'resnet' else 'plain'}-{6 * n + 2} for CIFAR-10 (option A shortcuts)"
-                    if arch == "resnet" else f"plain-{6 * n + 2} for CIFAR-10, the ResNet's twin without shortcuts")
-    load.__doc__ += (f"; pretrained: experiments/paper/{'resnet' if arch == 'resnet' else 'plain'}{6 * n + 2}"
-                     f"{'-A' if arch == 'resnet' else ''}-seed0/weights.pt. Input: images in [0, 1], (N, 3, 32, 32).")
+    load.__doc__ = (f"ResNet-{6 * n + 2} for CIFAR-10 (option A shortcuts)" if arch == "resnet"
+                    else f"plain-{6 * n + 2} for CIFAR-10, the ResNet's twin without shortcuts")
+    load.__doc__ += (f"; pretrained: experiments/paper/{hub_run(arch, n).path.name}/weights.pt. "
+                     f"Input: images in [0, 1], (N, 3, 32, 32).")
     return load
 
 

@@ -198,7 +198,7 @@ def hub_model(arch: str, n: int, pretrained: bool) -> Normalised:
     model_cfg = OmegaConf.create({"family": "cifar", "arch": arch, "n": n, "shortcut": "A"})
     if not pretrained:
         return Normalised(build_model(model_cfg, 10), torch.zeros(3, 32, 32))
-    run = _hub_run(arch, n)
+    run = hub_run(arch, n)
     if not run.weights.exists():
         raise UserError(f"no weights for {ModelSpec('cifar', arch, 6 * n + 2).pretty} yet: {run.path} has no "
                         f"weights.pt (its paper-schedule run has not finished; `pretrained=False` builds the net)")
@@ -206,7 +206,7 @@ def hub_model(arch: str, n: int, pretrained: bool) -> Normalised:
     return load_weights(run.weights, model_cfg).eval()
 
 
-def _hub_run(arch: str, n: int) -> RunDir:
+def hub_run(arch: str, n: int) -> RunDir:
     """The run whose weights the hub serves for the net: seed 0 in the default recipe."""
     return RunDir(HUB_RUNS / f"{ModelSpec('cifar', arch, 6 * n + 2).name}-seed0")
 
@@ -221,7 +221,7 @@ def rescore_hub(name: str, data_dir: Path | None, device: str = "cpu") -> dict:
     if name not in HUB:
         raise UserError(f"unknown hub model {name!r}: choose one of {', '.join(HUB)}")
     arch, n = HUB[name]
-    run = _hub_run(arch, n)
+    run = hub_run(arch, n)
     model = hub_model(arch, n, pretrained=True).to(eval_engine(device, "fp32").device)
     arrays, _ = run_images(_cifar_config(run, data_dir))
     wrong = 0
