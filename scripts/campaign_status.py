@@ -74,7 +74,7 @@ def main(runs_dir: Path, data_dir: Path, queue: list[str]) -> None:
             left = (iterations - done) * known if known else float("nan")
         total_left += left if left == left else 0.0
         trained = hours(float(r[-1]["wall_s"])) if r else "-"  # the summary's wall_s is only as of the last start
-        print(f"{run_id:<24} {state:<12} {done:>7,}/{iterations:>7,} {tested[-1] if tested else '-':>8} "
+        print(f"{run_id:<24} {state:<12} {done:>7,}/{iterations:>7,} {f'{float(tested[-1]):.2f}' if tested else '-':>8} "
               f"{f'{speed:.0f}' if speed else '-':>6} {trained:>8} {hours(left) if left == left else '?':>8}")
     print(f"left in all: {hours(total_left)} of one core's time (divide by the workers running)")
 

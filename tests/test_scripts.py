@@ -71,8 +71,8 @@ def test_the_campaign_status_says_what_is_finished_stopped_and_queued_with_times
     assert done.returncode == 0, done.stderr
     table = [line.split() for line in done.stdout.splitlines()[1:-1]]
     # run, state, iteration, test error, images/s, trained (from the last metrics row), left
-    assert table[0] == ["resnet20-A-seed0", "finished", "64,000/", "64,000", "10", "5000", "0.2", "h", "0.0", "h"]
-    assert table[1] == ["resnet32-A-seed0", "stopped", "32,000/", "64,000", "10", "5000", "0.1", "h", "0.2", "h"]
+    assert table[0] == ["resnet20-A-seed0", "finished", "64,000/", "64,000", "10.00", "5000", "0.2", "h", "0.0", "h"]
+    assert table[1] == ["resnet32-A-seed0", "stopped", "32,000/", "64,000", "10.00", "5000", "0.1", "h", "0.2", "h"]
     # not started: estimated from the nearest depth's speed (ResNet-20's 3x3 layers for plain-20)
     assert table[2] == ["plain20-seed0", "queued", "0/", "64,000", "-", "-", "-", "0.5", "h"]
     assert done.stdout.splitlines()[-1].startswith("left in all: 0.7 h")
