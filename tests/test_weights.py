@@ -128,8 +128,18 @@ def test_eval_of_the_hub_scores_what_the_hub_serves_beside_its_run(tmp_path, mon
     assert f"on 500 test images in fp32; the run reported {reported:.2f}% (fp32): equal" in result.stdout
 
 
-def test_every_committed_paper_weight_file_is_the_one_its_summary_names():
+def test_every_committed_paper_weight_file_is_the_one_its_summary_names_and_the_hub_serves_it():
+    served = 0
     for summary_file in sorted((REPO / "experiments" / "paper").glob("*/summary.json")):
         named = json.loads(summary_file.read_text()).get("weights")
-        if named:
-            assert weights.sha256(summary_file.parent / named["file"]) == named["sha256"], summary_file.parent
+        if not named:
+            continue
+        assert weights.sha256(summary_file.parent / named["file"]) == named["sha256"], summary_file.parent
+        hub_name = next((name for name, (arch, n) in weights.HUB.items()
+                         if weights.hub_run(arch, n).path == summary_file.parent), None)
+        if hub_name:
+            model = torch.hub.load(str(REPO), hub_name, source="local", pretrained=True)
+            state = torch.load(summary_file.parent / named["file"], weights_only=True)
+            assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), hub_name
+            served += 1
+    assert served == sum(weights.hub_run(a, n).weights.exists() for a, n in weights.HUB.values())
