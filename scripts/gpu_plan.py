@@ -99,33 +99,31 @@ def probe(out: Path, left: float, dry: bool) -> None:
     start = time.monotonic()
     budget = min(PROBE_S, left - 60) if not dry else 6
 
-    def time_left() -> float:
-        return budget - (time.monotonic() - start)
-
     check_s, speed_s = (1, 1) if dry else (20, 15)  # what a check or a speed needs at least, else it is skipped
+
+    def attempt(needs: float, check: str, measure, **keys) -> None:
+        """One result, measured if the budget still holds what it needs, else skipped; `at_s` says when it
+        started. A failed check is a result too: say it, go on."""
+        at = round(time.monotonic() - start, 2)
+        if budget - at < needs:
+            record(out, check=check, **keys, skipped="out of time", at_s=at)
+            return
+        try:
+            record(out, check=check, **keys, **measure(), at_s=at)
+        except Exception as e:
+            record(out, check=check, **keys, failed=f"{type(e).__name__}: {e}", at_s=at)
 
     device = torch.device("cuda" if torch.cuda.is_available() and not dry else "cpu")
     precision, why = choose_precision("auto", device)
     set_tf32("fp32")
     record(out, check="precision", device=str(device), precision=precision, why=why, commit=commit(),
-           torch=torch.__version__, cudnn_tf32_off_for_fp32=not torch.backends.cudnn.allow_tf32)
-    for name, check in (("syncs per step", check_syncs), ("nvjpeg race", check_nvjpeg_race)):
-        if time_left() < check_s:
-            record(out, check=name, skipped="out of time")
-            continue
-        try:
-            record(out, check=name, **check(device, dry))
-        except Exception as e:  # a failed check is a result: say it, go on
-            record(out, check=name, failed=f"{type(e).__name__}: {e}")
+           torch=torch.__version__, cudnn_tf32_off_for_fp32=not torch.backends.cudnn.allow_tf32,
+           budget_s=budget, check_needs_s=check_s, speed_needs_s=speed_s)
+    attempt(check_s, "syncs per step", lambda: check_syncs(device, dry))
+    attempt(check_s, "nvjpeg race", lambda: check_nvjpeg_race(device, dry))
     for n in (3, 9):
         for pack in (0, 1, 4, 8, 16):  # 0: a solo run as fit steps it (CUDA graphs on one GPU)
-            if time_left() < speed_s:
-                record(out, check="images/s", n=n, pack=pack, skipped="out of time")
-                continue
-            try:
-                record(out, check="images/s", n=n, pack=pack, **speed(device, n, pack, out, dry))
-            except Exception as e:
-                record(out, check="images/s", n=n, pack=pack, failed=f"{type(e).__name__}: {e}")
+            attempt(speed_s, "images/s", lambda: speed(device, n, pack, out, dry), n=n, pack=pack)
     record(out, check="done", seconds=round(time.monotonic() - start, 1))
 
 
