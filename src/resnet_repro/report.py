@@ -38,14 +38,14 @@ def weights_lines(runs: pd.DataFrame) -> list[str]:
         hub = " (hub)" if (r.variant == "" and r.seed == 0 and r.profile == "paper") else ""
         theirs = [_pct(d.get(r.model)) for d in (paper.TABLE6, paper.AKAMASTER, paper.CHENYAOFO)]
         lines.append(f"| {pretty(r.model)} | `{r.profile}/{r.run_id}`{hub} | {int(r.params):,} | "
-                     f"{r.final_test_error:.2f} ({r.precision}) | {_pct(r.weights_fp32_error)} | {' | '.join(theirs)} | "
-                     f"{r.weights_bytes / 2**20:.2f} MiB | "
-                     f"`{r.weights_sha256[:16]}` | `resnet-repro eval experiments/{r.profile}/{r.run_id} --data-dir DIR` |")
+                     f"{r.final_test_error:.2f} ({r.precision}) | {_pct(r.weights_fp32_error)} | "
+                     f"{' | '.join(theirs)} | {r.weights_bytes / 2**20:.2f} MiB | `{r.weights_sha256[:16]}` | `resnet-repro eval experiments/{r.profile}/{r.run_id} --data-dir DIR` |")
     if len(lines) == 2:
         lines.append("| none yet: no paper-schedule CIFAR-10 run has finished with its weights | | | | | | | | | | |")
     return lines + ["", "Test error (%) on the 10,000 CIFAR-10 test images. Ours: at the end of training, as the "
-                    "paper reports it, in the precision it trained in; in fp32: the same weights scored in fp32 when they were "
-                    "collected (what the hub serves; `eval --hub` checks it). *akamaster/pytorch_resnet_cifar10 and chenyaofo/pytorch-cifar-models report "
+                    "paper reports it, in the precision it trained in; in fp32: the same weights scored in fp32 when "
+                    "they were collected (what the hub serves; `eval --hub` checks it). "
+                    "*akamaster/pytorch_resnet_cifar10 and chenyaofo/pytorch-cifar-models report "
                     "their best test epoch (chosen on the test set) with other recipes (ImageNet-style "
                     "normalisation; chenyaofo: 200 epochs, batch 256, Nesterov). (hub): what `torch.hub.load(..., "
                     "pretrained=True)` serves (hubconf.py)."]

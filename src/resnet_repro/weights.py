@@ -158,8 +158,7 @@ def rescore(path: Path, data_dir: Path | None = None, device: str = "cpu", preci
     if not run.weights.exists():
         raise UserError(f"{run.path} has no weights.pt (only finished runs of the paper profile keep theirs)")
     _check_sha256(run, summary)
-    trained_in = summary.trained_in
-    engine = eval_engine(device, precision or trained_in)
+    engine = eval_engine(device, precision or summary.trained_in)
     data = _test_data(cfg, engine)
     if summary.test_split and summary.test_split != data.test_split:  # e.g. a subset whose meaning changed since
         raise UserError(f"{run.path.name} was tested on {summary.test_split} and this code would test it on "
@@ -168,13 +167,13 @@ def rescore(path: Path, data_dir: Path | None = None, device: str = "cpu", preci
     if not torch.equal(model.pixel_mean, data.pixel_mean.float()):
         raise UserError(f"the data in {cfg.data_dir} is not the data {run.path.name} trained on (another pixel mean)")
     error = _test_error(model.net, data, engine)
-    return _beside(summary, error, engine.precision, trained_in, len(data.test.labels))
+    return _beside(summary, error, engine.precision, len(data.test.labels))
 
 
-def _beside(summary: Summary, error: float, precision: str, trained_in: str, images: int) -> dict:
+def _beside(summary: Summary, error: float, precision: str, images: int) -> dict:
     """A rescoring beside its reference: the run's own error in the run's precision, else in fp32 the one its
     weights scored when collected, else the run's (another precision: agreement within EQUAL_WITHIN)."""
-    collected = (summary.weights or {}).get("fp32_test_error")
+    collected, trained_in = (summary.weights or {}).get("fp32_test_error"), summary.trained_in
     if precision != trained_in and precision == "fp32" and collected is not None:
         reference, label = collected, f"its weights scored {collected:.2f}% in fp32 when collected"
     else:
@@ -228,6 +227,4 @@ def rescore_hub(name: str, data_dir: Path | None, device: str = "cpu") -> dict:
     for start in range(0, len(arrays.test_labels), 1000):
         x = arrays.test_images[start : start + 1000].float().div(255).to(model.pixel_mean.device)
         wrong += int((model(x).argmax(1).cpu() != arrays.test_labels[start : start + 1000]).sum())
-    summary = run.read_summary()
-    return _beside(summary, 100 * wrong / len(arrays.test_labels), "fp32", summary.trained_in,
-                   len(arrays.test_labels))
+    return _beside(run.read_summary(), 100 * wrong / len(arrays.test_labels), "fp32", len(arrays.test_labels))
