@@ -10,6 +10,12 @@
 #   bash scripts/reproduce_cpu.sh paper status    # done, running, left, with times
 #   bash scripts/reproduce_cpu.sh paper stop      # workers checkpoint and exit (SIGTERM); `start` resumes
 #   bash scripts/reproduce_cpu.sh paper collect   # finished runs, with their weights, into experiments/paper/
+#   bash scripts/reproduce_cpu.sh paper save      # after `stop`: the unfinished runs into campaign/, to commit
+#
+# A session's machine is not always the next one's, so what must outlive it is committed: STATE (default
+# campaign/ in this checkout) holds the frozen commit (code.commit) and, after `save`, the unfinished runs
+# with their checkpoints (<profile>-unfinished.tar). `start` on a new machine clones that commit, unpacks
+# the runs it lacks, and takes the runs already collected into experiments/<profile>/ as finished.
 #
 # CAMPAIGN (default ~/campaign) holds code/, data/, runs/, results/ and logs/. WORKERS (default: every core)
 # is how many runs train at once, one thread each, at nice 19: the campaign uses idle time and yields.
@@ -28,6 +34,8 @@ lossless="${LOSSLESS:-$repo/../shared/data/cifar10/cifar10_lossless.npz}"
 python="${PYTHON:-$repo/.venv/bin/python}"
 profile="${PROFILE:-paper}"
 data_dir="${DATA:-$campaign/data}"
+state="${STATE:-$repo/campaign}"
+runs="$campaign/runs/$profile"
 
 # The order of issue 27: precision control and depths first, the noise and BN-64 controls, ResNet-110 last.
 # Each line is the overrides of one run (run ids as `resnet-repro` derives them).
@@ -54,11 +62,46 @@ QUEUE=(
 
 frozen() { PYTHONPATH="$campaign/code/src" nice -n 19 "$python" "$@"; }
 
-freeze() {  # a clone of this checkout's HEAD; kept until removed, so checkpoints always meet the code that wrote them
+freeze() {  # a clone of the commit in STATE (HEAD the first time), so checkpoints always meet the code that wrote them
   if [ ! -d "$campaign/code/.git" ]; then
+    local commit
+    commit=$(cat "$state/code.commit" 2>/dev/null || git -C "$repo" rev-parse HEAD)
     git clone -q "$repo" "$campaign/code"
+    git -C "$campaign/code" checkout -q "$commit" ||
+      { rm -rf "$campaign/code"; echo "error: commit $commit (in $state/code.commit) is not in $repo" >&2; exit 2; }
+    mkdir -p "$state" && echo "$commit" > "$state/code.commit"
     echo "froze the code at $(git -C "$campaign/code" rev-parse --short=12 HEAD)"
   fi
+}
+
+restore() {  # on a new machine: the runs collected already count as finished, the saved ones resume
+  mkdir -p "$runs"
+  local run
+  for run in "$repo/experiments/$profile"/*/; do
+    [ -f "$run/summary.json" ] && [ ! -e "$runs/$(basename "$run")" ] && cp -r "$run" "$runs/"
+  done
+  local saved="$state/$profile-unfinished.tar"
+  if [ -f "$saved" ]; then  # a run already here is as new as the saved one or newer: it is kept
+    tar -xf "$saved" -C "$runs" --skip-old-files 2>/dev/null ||
+      { echo "error: $saved could not be unpacked; remove it to start those runs again" >&2; exit 2; }
+  fi
+}
+
+save() {  # the unfinished runs with their checkpoints, into STATE for the next machine; after `stop`
+  if pgrep -f "resnet_repro run custom profile=$profile .*--runs-dir $campaign/runs" > /dev/null; then
+    echo "error: the campaign is still training; run \`paper stop\` first, then \`paper save\`" >&2; exit 2
+  fi
+  local unfinished=() run
+  for run in "$runs"/*/; do
+    [ -f "$run/checkpoint.pt" ] && ! grep -q '"status": "finished"' "$run/summary.json" 2>/dev/null &&
+      unfinished+=("$(basename "$run")")
+  done
+  mkdir -p "$state"
+  if [ ${#unfinished[@]} -eq 0 ]; then rm -f "$state/$profile-unfinished.tar"; echo "no unfinished runs"; return; fi
+  # written beside and renamed into place, so an interrupted save leaves the last one whole
+  tar -cf "$state/.$profile-unfinished.tar.new" -C "$runs" --exclude=.lock --exclude='.checkpoint.pt.*' "${unfinished[@]}"
+  mv -f "$state/.$profile-unfinished.tar.new" "$state/$profile-unfinished.tar"
+  echo "saved ${unfinished[*]} into $state/$profile-unfinished.tar ($(du -h "$state/$profile-unfinished.tar" | cut -f1)); commit $state"
 }
 
 build_data() {  # CIFAR-10 from the pixel-exact copy, checked against the sha256 of the batch files every start
@@ -95,6 +138,7 @@ worker() {  # one run after another in queue order; finished runs are skipped, r
 
 start() {
   freeze
+  restore
   build_data
   mkdir -p "$campaign/logs"
   # workers run a copy of this script: bash reads a script as it goes, so an edit here would reach them;
@@ -112,11 +156,18 @@ start() {
 
 stop() {  # the workers first, so none goes on to its next run; then the runs, which checkpoint and exit
   pkill -TERM -f "$campaign/worker.sh paper worker" || true
-  pkill -TERM -f "resnet_repro run custom profile=$profile .*--runs-dir $campaign/runs" || true
+  local training="resnet_repro run custom profile=$profile .*--runs-dir $campaign/runs"
+  pkill -TERM -f "$training" || true
+  local waited
+  for ((waited = 0; waited < 300; waited++)); do  # until every run has written its checkpoint
+    pgrep -f "$training" > /dev/null || return 0
+    sleep 1
+  done
+  echo "error: a run still trains 300 s after SIGTERM; see $campaign/logs" >&2; exit 1
 }
 
 status() {
-  PYTHONPATH="$repo/src" "$python" "$repo/scripts/campaign_status.py" "$campaign/runs/$profile" "$data_dir" "${QUEUE[@]}"
+  PYTHONPATH="$repo/src" "$python" "$repo/scripts/campaign_status.py" "$runs" "$data_dir" "${QUEUE[@]}"
 }
 
 collect() {  # finished runs into this checkout's experiments/, their weights beside them; then the reports again
@@ -167,6 +218,7 @@ case "${1:-budget} ${2:-}" in
   "paper stop") stop ;;
   "paper status") status ;;
   "paper collect") collect ;;
+  "paper save") save ;;
   "paper worker") worker ;;
-  *) echo "usage: $0 [budget] | paper start|status|stop|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 [budget] | paper start|status|stop|collect|save" >&2; exit 2 ;;
 esac

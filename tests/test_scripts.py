@@ -120,3 +120,44 @@ def test_the_campaign_trains_its_queue_from_frozen_code_and_reports_it(tmp_path,
     refused = subprocess.run(["bash", str(script), "paper", "start"], env={**env, "PROFILE": "paper"},
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "pixel-exact" in refused.stderr
+
+
+def test_a_saved_campaign_starts_again_on_a_new_machine_where_it_stopped(tmp_path, fake_cifar):
+    """What outlives a session's machine is committed: `paper save` packs the unfinished runs with their
+    checkpoints beside the frozen commit, and `start` on a machine that never saw the campaign clones that
+    commit, unpacks them, and takes the runs collected into experiments/ as finished."""
+    from rundirs import make_run
+
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(SCRIPT.parents[1]), str(repo)], check=True, timeout=60)
+    make_run(repo / "experiments", "smoke", "resnet20-A")  # collected and committed on an earlier machine
+    old, new, state = tmp_path / "old", tmp_path / "new", tmp_path / "state"
+    stopped = make_run(old / "runs", "smoke", "resnet32-A", status="running")
+    (stopped / "checkpoint.pt").write_bytes(b"iteration 500")
+    (stopped / ".lock").touch()
+    env = {**os.environ, "REPO": str(repo), "STATE": str(state), "PROFILE": "smoke", "DATA": str(fake_cifar),
+           "RUNS": "0", "WORKERS": "1", "PYTHON": sys.executable}  # no run trained: the worker ends at once
+
+    def call(*args, campaign):
+        return subprocess.run(["bash", str(SCRIPT.parent / "reproduce_cpu.sh"), "paper", *args],
+                              env={**env, "CAMPAIGN": str(campaign)}, capture_output=True, text=True, timeout=120)
+
+    saved = call("save", campaign=old)
+    assert saved.returncode == 0 and "saved resnet32-A-seed0" in saved.stdout, saved.stdout + saved.stderr
+    parent = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD~1"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    (state / "code.commit").write_text(parent + "\n")  # the campaign froze an older commit than this checkout's
+
+    started = call("start", campaign=new)
+    assert started.returncode == 0, started.stdout + started.stderr
+    frozen = subprocess.run(["git", "-C", str(new / "code"), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    assert frozen == parent
+    runs = new / "runs" / "smoke"
+    assert (runs / "resnet32-A-seed0" / "checkpoint.pt").read_bytes() == b"iteration 500"
+    assert not (runs / "resnet32-A-seed0" / ".lock").exists()
+    assert json.loads((runs / "resnet20-A-seed0" / "summary.json").read_text())["status"] == "finished"
+    # a state that cannot be read is one line before anything trains
+    (state / "smoke-unfinished.tar").write_bytes(b"not a tar")
+    broken = call("start", campaign=tmp_path / "third")
+    assert broken.returncode == 2 and len(broken.stderr.splitlines()) == 1 and "remove it" in broken.stderr
