@@ -10,7 +10,7 @@
 #   bash scripts/reproduce_cpu.sh paper status    # done, running, left, with times
 #   bash scripts/reproduce_cpu.sh paper stop      # workers checkpoint and exit (SIGTERM); `start` resumes
 #   bash scripts/reproduce_cpu.sh paper collect   # finished runs, with their weights, into experiments/paper/
-#   bash scripts/reproduce_cpu.sh paper save      # after `stop`: the unfinished runs into campaign/, to commit
+#   bash scripts/reproduce_cpu.sh paper save      # the unfinished runs' checkpoints into campaign/, to commit
 #
 # A session's machine is not always the next one's, so what must outlive it is committed: STATE (default
 # campaign/ in this checkout) holds the frozen commit (code.commit) and, after `save`, the unfinished runs
@@ -87,10 +87,9 @@ restore() {  # on a new machine: the runs collected already count as finished, t
   fi
 }
 
-save() {  # the unfinished runs with their checkpoints, into STATE for the next machine; after `stop`
-  if pgrep -f "resnet_repro run custom profile=$profile .*--runs-dir $campaign/runs" > /dev/null; then
-    echo "error: the campaign is still training; run \`paper stop\` first, then \`paper save\`" >&2; exit 2
-  fi
+save() {  # the unfinished runs as of their last checkpoints, into STATE for the next machine
+  # safe while they train: a checkpoint is renamed into place whole, and a resumed run rewrites its
+  # metrics from the checkpoint's rows, so the copy is what a run killed at that moment would leave
   local unfinished=() run
   for run in "$runs"/*/; do
     [ -f "$run/checkpoint.pt" ] && ! grep -q '"status": "finished"' "$run/summary.json" 2>/dev/null &&
