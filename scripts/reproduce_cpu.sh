@@ -10,12 +10,12 @@
 #   bash scripts/reproduce_cpu.sh paper status    # done, running, left, with times
 #   bash scripts/reproduce_cpu.sh paper stop      # workers checkpoint and exit (SIGTERM); `start` resumes
 #   bash scripts/reproduce_cpu.sh paper collect   # finished runs, with their weights, into experiments/paper/
-#   bash scripts/reproduce_cpu.sh paper save      # the unfinished runs' checkpoints into campaign/, to commit
+#   bash scripts/reproduce_cpu.sh paper save      # the runs not collected yet, checkpoints included, into campaign/
 #
 # A session's machine is not always the next one's, so what must outlive it is committed: STATE (default
-# campaign/ in this checkout) holds the frozen commit (code.commit) and, after `save`, the unfinished runs
-# with their checkpoints (<profile>-unfinished.tar). `start` on a new machine clones that commit, unpacks
-# the runs it lacks, and takes the runs already collected into experiments/<profile>/ as finished.
+# campaign/ in this checkout) holds the frozen commit (code.commit) and, after `save`, every run that
+# experiments/<profile>/ lacks, with its checkpoint (<profile>-uncollected.tar). `start` on a new machine
+# clones that commit, takes the runs collected into experiments/<profile>/ as finished, and unpacks the rest.
 #
 # CAMPAIGN (default ~/campaign) holds code/, data/, runs/, results/ and logs/. WORKERS (default: every core)
 # is how many runs train at once, one thread each, at nice 19: the campaign uses idle time and yields.
@@ -80,27 +80,27 @@ restore() {  # on a new machine: the runs collected already count as finished, t
   for run in "$repo/experiments/$profile"/*/; do
     [ -f "$run/summary.json" ] && [ ! -e "$runs/$(basename "$run")" ] && cp -r "$run" "$runs/"
   done
-  local saved="$state/$profile-unfinished.tar"
+  local saved="$state/$profile-uncollected.tar"
   if [ -f "$saved" ]; then  # a run already here is as new as the saved one or newer: it is kept
     tar -xf "$saved" -C "$runs" --skip-old-files 2>/dev/null ||
       { echo "error: $saved could not be unpacked; remove it to start those runs again" >&2; exit 2; }
   fi
 }
 
-save() {  # the unfinished runs as of their last checkpoints, into STATE for the next machine
+save() {  # every run with a checkpoint that experiments/ lacks (unfinished, or finished and not collected)
   # safe while they train: a checkpoint is renamed into place whole, and a resumed run rewrites its
   # metrics from the checkpoint's rows, so the copy is what a run killed at that moment would leave
-  local unfinished=() run
+  local kept=() run saved="$state/$profile-uncollected.tar"
   for run in "$runs"/*/; do
-    [ -f "$run/checkpoint.pt" ] && ! grep -q '"status": "finished"' "$run/summary.json" 2>/dev/null &&
-      unfinished+=("$(basename "$run")")
+    [ -f "$run/checkpoint.pt" ] && [ ! -f "$repo/experiments/$profile/$(basename "$run")/summary.json" ] &&
+      kept+=("$(basename "$run")")
   done
   mkdir -p "$state"
-  if [ ${#unfinished[@]} -eq 0 ]; then rm -f "$state/$profile-unfinished.tar"; echo "no unfinished runs"; return; fi
+  if [ ${#kept[@]} -eq 0 ]; then rm -f "$saved"; echo "every run is collected: nothing to save"; return; fi
   # written beside and renamed into place, so an interrupted save leaves the last one whole
-  tar -cf "$state/.$profile-unfinished.tar.new" -C "$runs" --exclude=.lock --exclude='.checkpoint.pt.*' "${unfinished[@]}"
-  mv -f "$state/.$profile-unfinished.tar.new" "$state/$profile-unfinished.tar"
-  echo "saved ${unfinished[*]} into $state/$profile-unfinished.tar ($(du -h "$state/$profile-unfinished.tar" | cut -f1)); commit $state"
+  tar -cf "$state/.$profile-uncollected.tar.new" -C "$runs" --exclude=.lock --exclude='.checkpoint.pt.*' "${kept[@]}"
+  mv -f "$state/.$profile-uncollected.tar.new" "$saved"
+  echo "saved ${kept[*]} into $saved ($(du -h "$saved" | cut -f1)); commit $state"
 }
 
 build_data() {  # CIFAR-10 from the pixel-exact copy, checked against the sha256 of the batch files every start

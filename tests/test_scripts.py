@@ -123,9 +123,10 @@ def test_the_campaign_trains_its_queue_from_frozen_code_and_reports_it(tmp_path,
 
 
 def test_a_saved_campaign_starts_again_on_a_new_machine_where_it_stopped(tmp_path, fake_cifar):
-    """What outlives a session's machine is committed: `paper save` packs the unfinished runs with their
-    checkpoints beside the frozen commit, and `start` on a machine that never saw the campaign clones that
-    commit, unpacks them, and takes the runs collected into experiments/ as finished."""
+    """What outlives a session's machine is committed: `paper save` packs the runs experiments/ lacks
+    (unfinished, or finished and not collected) with their checkpoints beside the frozen commit, and `start`
+    on a machine that never saw the campaign clones that commit, unpacks them, and takes the runs collected
+    into experiments/ as finished."""
     from rundirs import make_run
 
     repo = tmp_path / "repo"
@@ -135,6 +136,10 @@ def test_a_saved_campaign_starts_again_on_a_new_machine_where_it_stopped(tmp_pat
     stopped = make_run(old / "runs", "smoke", "resnet32-A", status="running")
     (stopped / "checkpoint.pt").write_bytes(b"iteration 500")
     (stopped / ".lock").touch()
+    uncollected = make_run(old / "runs", "smoke", "plain20")  # finished on the old machine, never collected
+    (uncollected / "checkpoint.pt").write_bytes(b"iteration 1000")
+    collected = make_run(old / "runs", "smoke", "resnet20-A")  # in experiments/ already: not saved again
+    (collected / "checkpoint.pt").write_bytes(b"iteration 1000")
     env = {**os.environ, "REPO": str(repo), "STATE": str(state), "PROFILE": "smoke", "DATA": str(fake_cifar),
            "RUNS": "0", "WORKERS": "1", "PYTHON": sys.executable}  # no run trained: the worker ends at once
 
@@ -143,7 +148,7 @@ def test_a_saved_campaign_starts_again_on_a_new_machine_where_it_stopped(tmp_pat
                               env={**env, "CAMPAIGN": str(campaign)}, capture_output=True, text=True, timeout=120)
 
     saved = call("save", campaign=old)
-    assert saved.returncode == 0 and "saved resnet32-A-seed0" in saved.stdout, saved.stdout + saved.stderr
+    assert saved.returncode == 0 and "saved plain20-seed0 resnet32-A-seed0 " in saved.stdout, saved.stdout + saved.stderr
     parent = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD~1"], capture_output=True, text=True,
                             check=True).stdout.strip()
     (state / "code.commit").write_text(parent + "\n")  # the campaign froze an older commit than this checkout's
@@ -157,7 +162,9 @@ def test_a_saved_campaign_starts_again_on_a_new_machine_where_it_stopped(tmp_pat
     assert (runs / "resnet32-A-seed0" / "checkpoint.pt").read_bytes() == b"iteration 500"
     assert not (runs / "resnet32-A-seed0" / ".lock").exists()
     assert json.loads((runs / "resnet20-A-seed0" / "summary.json").read_text())["status"] == "finished"
+    assert not (runs / "resnet20-A-seed0" / "checkpoint.pt").exists()  # the collected copy, not the old one
+    assert (runs / "plain20-seed0" / "checkpoint.pt").read_bytes() == b"iteration 1000"
     # a state that cannot be read is one line before anything trains
-    (state / "smoke-unfinished.tar").write_bytes(b"not a tar")
+    (state / "smoke-uncollected.tar").write_bytes(b"not a tar")
     broken = call("start", campaign=tmp_path / "third")
     assert broken.returncode == 2 and len(broken.stderr.splitlines()) == 1 and "remove it" in broken.stderr
