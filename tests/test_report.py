@@ -1,5 +1,6 @@
 """results/README.md from synthetic run directories: what exists, the hardware, the claims."""
 
+import pandas as pd
 from rundirs import make_run
 
 from resnet_repro import claims, report, tables
@@ -43,10 +44,30 @@ def test_readme_judges_a_claim_in_each_setting_that_can(runs, results):
 def test_write_report_writes_tables_2_to_6_the_weights_then_the_readme(runs, results):
     paths = report.write_report(runs, results)
     assert [p.name for p in paths] == [f"table{i}.{ext}" for i in range(2, 7) for ext in ("csv", "md")] + [
-        "weights.md", "README.md"]
+        "weights.md", "runs.csv", "README.md"]
     assert "none yet" in (results / "weights.md").read_text()
     assert "No finished runs yet" in (results / "table5.md").read_text()
     assert "- [Table 6: CIFAR-10 test error (%)](table6.md) ([csv](table6.csv))" in (results / "README.md").read_text()
+
+
+def test_the_runs_list_traces_every_run_to_its_commit_device_precision_seed_and_wall_time(runs, results):
+    make_run(runs, "paper", "resnet20-A", seed=1, wall_s=29053.04, device="cpu (AMD EPYC, 2 cores, 1 threads)",
+             git_commit="f5f3066690d7", amp=True)
+    make_run(runs, "budget", "plain20", variant="bn64", status="running", final_error=30.0, amp=False)
+    (make_run(runs, "budget", "plain56") / "summary.json").write_text("{")  # damaged: kept, with what is known
+    path = report.write_runs_list(runs, results)
+    listed = pd.read_csv(path, dtype=str, keep_default_na=False)  # as written
+    assert list(listed.run_id) == ["plain20-seed0-bn64", "plain56-seed0", "resnet20-A-seed1"]  # profile, then id
+    paper_run = listed.iloc[2].to_dict()
+    assert {k: paper_run[k] for k in ("profile", "status", "model", "seed", "final_test_error", "precision", "device",
+                                      "git_commit", "wall_s", "finished")} == {
+        "profile": "paper", "status": "finished", "model": "resnet20-A", "seed": "1", "final_test_error": "10.0",
+        "precision": "bf16", "device": "cpu (AMD EPYC, 2 cores, 1 threads)", "git_commit": "f5f3066690d7",
+        "wall_s": "29053.0", "finished": "2025-01-01T01:00:00"}
+    assert listed.iloc[0][["status", "overrides", "precision", "final_test_error", "finished"]].tolist() == [
+        "running", "train.x=bn64", "fp32", "", ""]
+    assert listed.iloc[1][["status", "git_commit"]].tolist() == ["unreadable", ""]
+    assert "[runs.csv](runs.csv)" in report.write_readme(runs, results).read_text()
 
 
 def test_readme_names_runs_left_out_for_a_damaged_file(runs, results):

@@ -21,9 +21,25 @@ from .tables import read_bench, write_tables
 
 
 def write_report(runs_dir: Path, results_dir: Path) -> list[Path]:
-    """Tables 2-6, the pretrained weights' table and results/README.md (which lists the figures already drawn)."""
+    """Tables 2-6, the pretrained weights' table, the runs' list and results/README.md (which lists the
+    figures already drawn)."""
     return [*write_tables(runs_dir, results_dir), *write_weights_table(runs_dir, results_dir),
-            write_readme(runs_dir, results_dir)]
+            write_runs_list(runs_dir, results_dir), write_readme(runs_dir, results_dir)]
+
+
+# What made each run's numbers, so any number in a table or figure can be traced to its run
+RUNS_LIST_COLUMNS = ["profile", "run_id", "status", "model", "seed", "dataset", "overrides", "iterations_done",
+                     "iterations", "final_test_error", "final_train_error", "precision", "device", "git_commit",
+                     "torch", "wall_s", "started", "finished"]
+
+
+def write_runs_list(runs_dir: Path, results_dir: Path) -> Path:
+    """results/runs.csv: one row per run directory, with its commit, device, precision, seed and wall time."""
+    runs = load_runs(runs_dir).sort_values(["profile", "run_id"])[RUNS_LIST_COLUMNS]
+    runs = runs.astype({"seed": "Int64", "iterations_done": "Int64", "iterations": "Int64"})
+    path = make_dir(results_dir) / "runs.csv"
+    atomic_write_text(path, runs.assign(wall_s=runs.wall_s.round(1)).to_csv(index=False))
+    return path
 
 
 WEIGHTS_START, WEIGHTS_END = "<!-- weights table: written by `resnet-repro report` -->", "<!-- end of weights table -->"
@@ -151,7 +167,8 @@ def _runs_section(runs: pd.DataFrame) -> list[str]:
         out.append(f"| `{profile}` | {label} | {int(done.sum())} | {int((~done).sum())} | {_hours(g.wall_s.sum())} |")
     devices = runs.groupby("device").size().sort_values(ascending=False)
     out += ["", f"Total wall time {_hours(runs.wall_s.sum())} over {len(runs)} runs. Hardware: "
-            + "; ".join(f"{d or 'unknown'} ({n} runs)" for d, n in devices.items()) + "."]
+            + "; ".join(f"{d or 'unknown'} ({n} runs)" for d, n in devices.items()) + ". Each run with its "
+            "commit, device, precision, seed, recipe overrides and wall time: [runs.csv](runs.csv)."]
     damaged = runs[runs.unreadable != ""]
     if len(damaged):
         out += ["", "Left out where a file cannot be read: " + ", ".join(

@@ -18,7 +18,7 @@ RUN_COLUMNS = ["run_id", "path", "status", "profile", "profile_label", "full_sch
                "arch", "depth", "shortcut", "params", "seed", "iterations", "iterations_done", "final_train_error",
                "final_test_error", "final_test_top5_error", "eval_protocol", "wall_s", "device", "variant",
                "overrides", "ensemble", "mean_response_std", "precision", "weights_sha256", "weights_bytes",
-               "weights_fp32_error",
+               "weights_fp32_error", "git_commit", "torch", "started", "finished",
                *(f"final_{p}_{k}" for p in TEST_PROTOCOLS for k in ("error", "top5_error")),
                "unreadable", "problem"]
 _NUMERIC = ["data_rank", "classes", "depth", "params", "seed", "iterations", "iterations_done", "final_train_error",
@@ -88,6 +88,7 @@ def _run_row(run: RunDir) -> dict:
         "mean_response_std": mean_response_std,
         "precision": s.trained_in, "weights_sha256": (s.weights or {}).get("sha256", ""),
         "weights_bytes": (s.weights or {}).get("bytes"), "weights_fp32_error": (s.weights or {}).get("fp32_test_error"),
+        "git_commit": s.git_commit, "torch": s.torch, "started": s.started or "", "finished": s.finished or "",
         **{f"final_{p}_{k}": (final_eval.get(p) or {}).get(f"top{n}_error")
            for p in TEST_PROTOCOLS for k, n in (("error", 1), ("top5_error", 5))},
         **problem,
