@@ -123,7 +123,7 @@ def test_markdown_table_is_readable(runs, results):
     assert len({len(line.split("|")) for line in table}) == 1  # every row has the header's cells
     theirs = paper.TABLE6["resnet56-A"]
     assert (f"| resnet56-A | {paper.CIFAR_PARAMS[9] / 1e6:.2f}M | 1 | 7.00 | {theirs:.2f} | {7.0 - theirs:+.2f} | "
-            "paper | cifar10 | single |  |") in table
+            "paper | cifar10 | fp32 | single |  |") in table
     highway = "Highway (19 layers, 2.3M)"
     best, (mean, std) = paper.TABLE6_QUOTED[highway], paper.TABLE6_MEAN_STD[highway]
     assert f"| {highway} |  |  |  | {best:.2f} ({mean:.2f}±{std:.2f}) | – |" in "\n".join(table)

@@ -76,7 +76,7 @@ def build_table(
         if paper_mean_std and m is metrics[0]:
             columns += [f"paper_{m.key}_mean", f"paper_{m.key}_std"]
     columns += ["paper_mark"] if test_set else []
-    columns += ["profile", "profile_label", "full_schedule", "dataset", "eval_protocol", "note"]
+    columns += ["profile", "profile_label", "full_schedule", "dataset", "precision", "eval_protocol", "note"]
     return pd.DataFrame(rows, columns=columns).astype({"params": "Int64", "n_runs": "Int64"})
 
 
@@ -91,7 +91,7 @@ def _our_rows(runs: pd.DataFrame, metrics: list[Metric]) -> list[dict]:
                "seeds": " ".join(str(int(s)) for s in sorted(g.seed)), "profile": first.profile,
                "profile_label": schedule_text(first), "full_schedule": bool(first.full_schedule),
                "dataset": first.dataset, "paper_images": bool(first.paper_images),
-               "eval_protocol": " ".join(sorted(set(g.eval_protocol))),
+               "precision": " ".join(sorted(set(g.precision))), "eval_protocol": " ".join(sorted(set(g.eval_protocol))),
                "note": f"variant {first.variant}" if first.variant else ""}
         for m in metrics:
             values = g[m.column].dropna()
@@ -251,7 +251,7 @@ def table_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, notes: l
     head = ["model", "params", "n"]
     for k in metrics:
         head += [f"{labels.get(k, k)} ours", f"{labels.get(k, k)} paper", "Δ"]
-    head += ["profile", "dataset", "protocol", "note"]
+    head += ["profile", "dataset", "precision", "protocol", "note"]
     body = []
     for r in table.to_dict("records"):
         cells = [r["model"], _params(r["params"]), str(int(r["n_runs"])) if r.get("n_runs") else ""]
@@ -260,9 +260,10 @@ def table_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, notes: l
             theirs = _num(r.get(f"paper_{k}"))
             theirs += (mark if theirs != "–" else "") + _mean_std(r.get(f"paper_{k}_mean"), r.get(f"paper_{k}_std"))
             cells += [_ours(r, k), theirs, _num(r.get(f"diff_{k}"), sign=True)]
-        cells += [_text(r["profile"]), _text(r["dataset"]), _text(r["eval_protocol"]), _text(r["note"])]
+        cells += [_text(r["profile"]), _text(r["dataset"]), _text(r["precision"]), _text(r["eval_protocol"]),
+                  _text(r["note"])]
         body.append(cells)
-    right = set(range(1, len(head) - 4))  # numbers right-aligned
+    right = set(range(1, len(head) - 5))  # numbers right-aligned
     notes = ["", "Notes:", "", *(f"- {n}" for n in notes)] if notes else []
     return "\n".join([f"# {title}", "", *_preamble(table, runs), "", *_grid(head, body, right), *notes]) + "\n"
 
