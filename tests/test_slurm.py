@@ -2,10 +2,12 @@
 this machine, CI starts it): Hydra's submitit launcher runs one job per run, started from the CLI or from
 `python -m resnet_repro.launch`. A grid equals the same runs trained here; a job preempted (SIGUSR2, as a
 cluster sends before preempting) or at its time limit is requeued and resumes to identical metrics; one run
-over two SLURM tasks equals it under torchrun; a failing job is one line and the others finish."""
+over two SLURM tasks equals it under torchrun; a failing job is one line and the others finish; a job killed
+without its result is named and the launcher ends."""
 
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -135,6 +137,33 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_identical_metric
     job_log = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*.log"))
     assert "resume" in job_log, job_log  # the requeued job went on from the checkpoint
     assert RunDir(run).finished and rows(run) == uninterrupted(reference, tmp_path / "here")
+
+
+def test_a_job_killed_before_it_writes_its_result_is_named_and_the_launcher_ends(tmp_path, slurm_env):
+    """This cluster has no accounting, so sacct knows no job: one killed outright (as by an out-of-memory
+    kill) writes no result file, and only squeue can tell that it has ended. The launcher waits for the
+    other job, names the run that did not finish and exits 1."""
+    name = job_name(tmp_path)
+    cmd = [sys.executable, "-m", "resnet_repro.launch", "-m", "hydra/launcher=slurm", *CPU_JOBS,
+           f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *SHORT, "seed=0,1",
+           f"results_dir={tmp_path / 'results'}"]
+    launcher = subprocess.Popen(cmd, cwd=tmp_path, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    try:
+        wait_for("experiments/smoke/*-seed1-*/checkpoint.pt", tmp_path)
+        tasks = subprocess.run(["squeue", "-h", "--array", "-n", name, "-o", "%i"], env=slurm_env,
+                               capture_output=True, text=True).stdout.split()
+        [seed1] = [t for t in tasks if t.endswith("_1")]  # the grid's second point
+        subprocess.run(["scancel", "--signal=KILL", seed1], env=slurm_env, check=True)
+        log = launcher.communicate(timeout=400)[0]
+    finally:
+        launcher.kill()
+        subprocess.run(["scancel", f"--name={name}"], env=slurm_env, capture_output=True, timeout=30)
+    assert launcher.returncode == 1, log
+    assert re.search(r"missing: resnet8-A-seed1-sample-\w+ did not finish", log) and "Traceback" not in log, log
+    assert "accounting storage is disabled" not in log  # sacct is not asked where there is no accounting
+    [seed0] = (tmp_path / "experiments" / "smoke").glob("resnet8-A-seed0-*")
+    assert RunDir(seed0).finished
 
 
 def test_a_job_at_its_time_limit_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env):

@@ -27,6 +27,7 @@ import sys
 import hydra
 from hydra._internal.utils import get_args_parser  # the parser @hydra.main reads sys.argv with
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
@@ -169,8 +170,19 @@ def grid_runs(args: list[str]) -> list[DictConfig]:
     return runs
 
 
+def _register_slurm_launcher() -> None:
+    """Our SLURM launcher (hydra_plugins/resnet_repro_slurm), made known to Hydra by hand: Hydra finds plugins
+    by walking the hydra_plugins package's folders, which misses ours in an editable install."""
+    try:
+        from hydra_plugins.resnet_repro_slurm.launcher import SlurmLauncher
+    except ImportError:  # no hydra-submitit-launcher: hydra/launcher=slurm then says so itself
+        return
+    Plugins.instance().register(SlurmLauncher)
+
+
 def main() -> None:
     args = sys.argv[1:]
+    _register_slurm_launcher()
     try:
         for arg in args:  # sweeps included (Hydra would only say it cannot override a moved setting)
             if "=" in arg:
@@ -181,9 +193,6 @@ def main() -> None:
     except UserError as e:
         log.error(f"error: {e}")
         sys.exit(2)
-    # submitit asks `sacct` for job states; without SLURM accounting it warns on every poll and falls back on
-    # the result file each job writes, which is what it waits for anyway: the warning says nothing here
-    logging.getLogger("submitit").setLevel(logging.ERROR)
     job()  # returns once every job of the grid has ended (-m: the launcher waits for its jobs)
     try:
         failed = [line for cfg in configs for path in sorted((runs_root(cfg) / FAILED).glob("*.txt"))
