@@ -41,12 +41,23 @@ def rows(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
 
 
+def launch_command(tmp_path, name, *args) -> list[str]:
+    """`python -m resnet_repro.launch -m hydra/launcher=slurm ...` with jobs named `name`."""
+    return [sys.executable, "-m", "resnet_repro.launch", "-m", "hydra/launcher=slurm", *CPU_JOBS,
+            f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *args]
+
+
+def start_launcher(tmp_path, env, name, *args) -> subprocess.Popen:
+    """The launcher in the background, its output in one stream, for a test to act on its jobs meanwhile."""
+    return subprocess.Popen(launch_command(tmp_path, name, *args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 def launch(tmp_path, env, name, *args, timeout=400):
-    """`python -m resnet_repro.launch -m hydra/launcher=slurm ...`; its jobs cancelled afterwards in any case."""
-    cmd = [sys.executable, "-m", "resnet_repro.launch", "-m", "hydra/launcher=slurm", *CPU_JOBS,
-           f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *args]
+    """The launcher to its end; its jobs cancelled afterwards in any case."""
     try:
-        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(launch_command(tmp_path, name, *args), cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=timeout)
     finally:
         subprocess.run(["scancel", f"--name={name}"], env=env, capture_output=True, timeout=30)
 
@@ -114,24 +125,27 @@ def wait_for(path_glob, root: Path, timeout: float = 180) -> Path:
     raise AssertionError(f"nothing matched {path_glob} under {root} in {timeout} s")
 
 
+def signal_once_checkpointed(launcher: subprocess.Popen, tmp_path, env, name, signal, run="*", task=None) -> str:
+    """`signal` to the launcher's one job, or to its grid's point `task`, once `run` has a checkpoint; the
+    launcher's output when it has ended. The jobs are cancelled afterwards in any case."""
+    try:
+        wait_for(f"experiments/smoke/{run}/checkpoint.pt", tmp_path)
+        tasks = subprocess.run(["squeue", "-h", "--array", "-n", name, "-o", "%i"], env=env, capture_output=True,
+                               text=True).stdout.split()
+        [job] = tasks if task is None else [t for t in tasks if t.endswith(f"_{task}")]  # a grid: a job array
+        subprocess.run(["scancel", f"--signal={signal}", job], env=env, check=True)
+        return launcher.communicate(timeout=500)[0]
+    finally:
+        launcher.kill()
+        subprocess.run(["scancel", f"--name={name}"], env=env, capture_output=True, timeout=30)
+
+
 def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env):
     reference = here(tmp_path / "here", SHORT)
     name = job_name(tmp_path)
-    cmd = [sys.executable, "-m", "resnet_repro.launch", "-m", "hydra/launcher=slurm", *CPU_JOBS,
-           f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *SHORT,
-           f"results_dir={tmp_path / 'results'}"]
-    launcher = subprocess.Popen(cmd, cwd=tmp_path, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    try:
-        wait_for("experiments/smoke/*/checkpoint.pt", tmp_path)
-        job = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], env=slurm_env, capture_output=True,
-                             text=True).stdout.split()[0]
-        # what a cluster sends before preempting; not --batch or --full: the job's Python must get it
-        subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
-        log = launcher.communicate(timeout=500)[0]
-    finally:
-        launcher.kill()
-        subprocess.run(["scancel", f"--name={name}"], env=slurm_env, capture_output=True, timeout=30)
+    launcher = start_launcher(tmp_path, slurm_env, name, *SHORT, f"results_dir={tmp_path / 'results'}")
+    # what a cluster sends before preempting; not --batch or --full: the job's Python must get it
+    log = signal_once_checkpointed(launcher, tmp_path, slurm_env, name, "USR2")
     assert launcher.returncode == 0, log
     [run] = (tmp_path / "experiments" / "smoke").iterdir()
     job_log = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*.log"))
@@ -144,21 +158,8 @@ def test_a_job_killed_before_it_writes_its_result_is_named_and_the_launcher_ends
     kill) writes no result file, and only squeue can tell that it has ended. The launcher waits for the
     other job, names the run that did not finish and exits 1."""
     name = job_name(tmp_path)
-    cmd = [sys.executable, "-m", "resnet_repro.launch", "-m", "hydra/launcher=slurm", *CPU_JOBS,
-           f"hydra.launcher.name={name}", f"hydra.sweep.dir={tmp_path / 'hydra'}", *SHORT, "seed=0,1",
-           f"results_dir={tmp_path / 'results'}"]
-    launcher = subprocess.Popen(cmd, cwd=tmp_path, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    try:
-        wait_for("experiments/smoke/*-seed1-*/checkpoint.pt", tmp_path)
-        tasks = subprocess.run(["squeue", "-h", "--array", "-n", name, "-o", "%i"], env=slurm_env,
-                               capture_output=True, text=True).stdout.split()
-        [seed1] = [t for t in tasks if t.endswith("_1")]  # the grid's second point
-        subprocess.run(["scancel", "--signal=KILL", seed1], env=slurm_env, check=True)
-        log = launcher.communicate(timeout=400)[0]
-    finally:
-        launcher.kill()
-        subprocess.run(["scancel", f"--name={name}"], env=slurm_env, capture_output=True, timeout=30)
+    launcher = start_launcher(tmp_path, slurm_env, name, *SHORT, "seed=0,1", f"results_dir={tmp_path / 'results'}")
+    log = signal_once_checkpointed(launcher, tmp_path, slurm_env, name, "KILL", run="*-seed1-*", task=1)
     assert launcher.returncode == 1, log
     assert re.search(r"missing: resnet8-A-seed1-sample-\w+ did not finish", log) and "Traceback" not in log, log
     assert "accounting storage is disabled" not in log  # sacct is not asked where there is no accounting
