@@ -167,6 +167,11 @@ stop() {  # the workers first, so none goes on to its next run; then the runs, w
 
 status() {
   PYTHONPATH="$repo/src" "$python" "$repo/scripts/campaign_status.py" "$runs" "$data_dir" "${QUEUE[@]}"
+  local saved="$state/$profile-uncollected.tar"
+  if [ -f "$saved" ]; then
+    echo "saved for the next machine ($saved, $(date -u -r "$saved" '+%Y-%m-%d %H:%M UTC')):" \
+      "$(tar -tf "$saved" 2>/dev/null | cut -d/ -f1 | sort -u | paste -sd ' ')"
+  fi
 }
 
 collect() {  # finished runs into this checkout's experiments/, their weights beside them; then the reports again

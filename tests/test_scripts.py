@@ -149,6 +149,9 @@ def test_a_saved_campaign_starts_again_on_a_new_machine_where_it_stopped(tmp_pat
 
     saved = call("save", campaign=old)
     assert saved.returncode == 0 and "saved plain20-seed0 resnet32-A-seed0 " in saved.stdout, saved.stdout + saved.stderr
+    status = call("status", campaign=old)
+    assert status.stdout.splitlines()[-1].startswith("saved for the next machine") and \
+        status.stdout.splitlines()[-1].endswith(": plain20-seed0 resnet32-A-seed0"), status.stdout + status.stderr
     parent = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD~1"], capture_output=True, text=True,
                             check=True).stdout.strip()
     (state / "code.commit").write_text(parent + "\n")  # the campaign froze an older commit than this checkout's
