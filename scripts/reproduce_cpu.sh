@@ -80,11 +80,15 @@ restore() {  # on a new machine: the runs collected already count as finished, t
   for run in "$repo/experiments/$profile"/*/; do
     [ -f "$run/summary.json" ] && [ ! -e "$runs/$(basename "$run")" ] && cp -r "$run" "$runs/"
   done
-  local saved="$state/$profile-uncollected.tar"
-  if [ -f "$saved" ]; then  # a run already here is as new as the saved one or newer: it is kept
-    tar -xf "$saved" -C "$runs" --skip-old-files 2>/dev/null ||
-      { echo "error: $saved could not be unpacked; remove it to start those runs again" >&2; exit 2; }
-  fi
+  local saved="$state/$profile-uncollected.tar" saved_runs missing=()
+  [ -f "$saved" ] || return 0
+  saved_runs=$(tar -tf "$saved" 2>/dev/null | cut -d/ -f1 | sort -u) ||
+    { echo "error: $saved could not be read; remove it to start those runs again" >&2; exit 2; }
+  for run in $saved_runs; do  # a run already here (collected, or newer on this machine) is kept whole
+    [ -e "$runs/$run" ] || missing+=("$run")
+  done
+  [ ${#missing[@]} -eq 0 ] || tar -xf "$saved" -C "$runs" "${missing[@]}" 2>/dev/null ||
+    { echo "error: $saved could not be unpacked; remove it to start those runs again" >&2; exit 2; }
 }
 
 save() {  # every run with a checkpoint that experiments/ lacks (unfinished, or finished and not collected)
