@@ -91,7 +91,7 @@ def test_the_campaign_trains_its_queue_from_frozen_code_and_reports_it(tmp_path,
     script = SCRIPT.parent / "reproduce_cpu.sh"
     campaign = tmp_path / "campaign"
     env = {**os.environ, "CAMPAIGN": str(campaign), "PROFILE": "smoke", "DATA": str(fake_cifar), "RUNS": "2",
-           "WORKERS": "1", "PYTHON": sys.executable}
+           "WORKERS": "1", "PYTHON": sys.executable, "STATE": str(tmp_path / "state")}  # this checkout's HEAD
 
     def call(*args):
         return subprocess.run(["bash", str(script), "paper", *args], env=env, capture_output=True, text=True,
@@ -113,6 +113,9 @@ def test_the_campaign_trains_its_queue_from_frozen_code_and_reports_it(tmp_path,
     assert [row[0] for row in table] == ["resnet20-A-seed0", "resnet32-A-seed0"]  # the queue's first two
     frozen = subprocess.run(["git", "-C", str(campaign / "code"), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(SCRIPT.parents[1]), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert frozen == head and (tmp_path / "state" / "code.commit").read_text().strip() == head
     for run_id in ("resnet20-A-seed0", "resnet32-A-seed0"):
         summary = json.loads((campaign / "runs" / "smoke" / run_id / "summary.json").read_text())
         assert summary["profile"] == "smoke" and summary["git_commit"].startswith(frozen[:7])
