@@ -35,6 +35,7 @@ python="${PYTHON:-$repo/.venv/bin/python}"
 profile="${PROFILE:-paper}"
 data_dir="${DATA:-$campaign/data}"
 state="${STATE:-$repo/campaign}"
+saved="$state/$profile-uncollected.tar"
 runs="$campaign/runs/$profile"
 
 # The order of issue 27: precision control and depths first, the noise and BN-64 controls, ResNet-110 last.
@@ -74,17 +75,18 @@ freeze() {  # a clone of the commit in STATE (HEAD the first time), so checkpoin
   fi
 }
 
+saved_runs() { tar -tf "$saved" 2>/dev/null | cut -d/ -f1 | sort -u; }  # the run ids in $saved
+
 restore() {  # on a new machine: the runs collected already count as finished, the saved ones resume
   mkdir -p "$runs"
   local run
   for run in "$repo/experiments/$profile"/*/; do
     [ -f "$run/summary.json" ] && [ ! -e "$runs/$(basename "$run")" ] && cp -r "$run" "$runs/"
   done
-  local saved="$state/$profile-uncollected.tar" saved_runs missing=()
+  local listed missing=()
   [ -f "$saved" ] || return 0
-  saved_runs=$(tar -tf "$saved" 2>/dev/null | cut -d/ -f1 | sort -u) ||
-    { echo "error: $saved could not be read; remove it to start those runs again" >&2; exit 2; }
-  for run in $saved_runs; do  # a run already here (collected, or newer on this machine) is kept whole
+  listed=$(saved_runs) || { echo "error: $saved could not be read; remove it to start those runs again" >&2; exit 2; }
+  for run in $listed; do  # a run already here (collected, or newer on this machine) is kept whole
     [ -e "$runs/$run" ] || missing+=("$run")
   done
   [ ${#missing[@]} -eq 0 ] || tar -xf "$saved" -C "$runs" "${missing[@]}" 2>/dev/null ||
@@ -94,7 +96,7 @@ restore() {  # on a new machine: the runs collected already count as finished, t
 save() {  # every run with a checkpoint that experiments/ lacks (unfinished, or finished and not collected)
   # safe while they train: a checkpoint is renamed into place whole, and a resumed run rewrites its
   # metrics from the checkpoint's rows, so the copy is what a run killed at that moment would leave
-  local kept=() run saved="$state/$profile-uncollected.tar"
+  local kept=() run
   for run in "$runs"/*/; do
     [ -f "$run/checkpoint.pt" ] && [ ! -f "$repo/experiments/$profile/$(basename "$run")/summary.json" ] &&
       kept+=("$(basename "$run")")
@@ -102,8 +104,8 @@ save() {  # every run with a checkpoint that experiments/ lacks (unfinished, or 
   mkdir -p "$state"
   if [ ${#kept[@]} -eq 0 ]; then rm -f "$saved"; echo "every run is collected: nothing to save"; return; fi
   # written beside and renamed into place, so an interrupted save leaves the last one whole
-  tar -cf "$state/.$profile-uncollected.tar.new" -C "$runs" --exclude=.lock --exclude='.checkpoint.pt.*' "${kept[@]}"
-  mv -f "$state/.$profile-uncollected.tar.new" "$saved"
+  local part="$state/.$(basename "$saved").new"
+  tar -cf "$part" -C "$runs" --exclude=.lock --exclude='.checkpoint.pt.*' "${kept[@]}" && mv -f "$part" "$saved"
   echo "saved ${kept[*]} into $saved ($(du -h "$saved" | cut -f1)); commit $state"
 }
 
@@ -171,10 +173,9 @@ stop() {  # the workers first, so none goes on to its next run; then the runs, w
 
 status() {
   PYTHONPATH="$repo/src" "$python" "$repo/scripts/campaign_status.py" "$runs" "$data_dir" "${QUEUE[@]}"
-  local saved="$state/$profile-uncollected.tar"
   if [ -f "$saved" ]; then
     echo "saved for the next machine ($saved, $(date -u -r "$saved" '+%Y-%m-%d %H:%M UTC')):" \
-      "$(tar -tf "$saved" 2>/dev/null | cut -d/ -f1 | sort -u | paste -sd ' ')"
+      "$(saved_runs | paste -sd ' ')"
   fi
 }
 
