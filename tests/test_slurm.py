@@ -27,13 +27,10 @@ pytestmark = pytest.mark.slurm
 CPU_JOBS = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
             "hydra.launcher.timeout_min=10"]
 TIMING = {"images_per_s", "wall_s"}
-# runs long enough to be stopped mid-way (SHORT) and to outlast the first signal of a 2-minute time limit
-# (LONG): ResNet-8 on the bundled sample
+# a run long enough to be stopped mid-way: ResNet-8 on the bundled sample
 SHORT = ["profile=smoke", "model.n=1", "engine.device=cpu", "engine.threads=1", "engine.responses=false",
          "train.iterations=600", "train.milestones=[400]", "engine.log_every=50", "engine.eval_every=300",
          "engine.checkpoint_every=50"]
-LONG = [*SHORT, "train.iterations=3000", "train.milestones=[2000]", "engine.log_every=100", "engine.eval_every=1000",
-        "engine.checkpoint_every=100"]
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -125,15 +122,20 @@ def wait_for(path_glob, root: Path, timeout: float = 180) -> Path:
     raise AssertionError(f"nothing matched {path_glob} under {root} in {timeout} s")
 
 
+def job_of(env, name, task=None) -> str:
+    """The id of the job named `name`, or of its grid's point `task` (a grid is a job array)."""
+    tasks = subprocess.run(["squeue", "-h", "--array", "-n", name, "-o", "%i"], env=env, capture_output=True,
+                           text=True).stdout.split()
+    [job] = tasks if task is None else [t for t in tasks if t.endswith(f"_{task}")]
+    return job
+
+
 def signal_once_checkpointed(launcher: subprocess.Popen, tmp_path, env, name, signal, run="*", task=None) -> str:
     """`signal` to the launcher's one job, or to its grid's point `task`, once `run` has a checkpoint; the
     launcher's output when it has ended. The jobs are cancelled afterwards in any case."""
     try:
         wait_for(f"experiments/smoke/{run}/checkpoint.pt", tmp_path)
-        tasks = subprocess.run(["squeue", "-h", "--array", "-n", name, "-o", "%i"], env=env, capture_output=True,
-                               text=True).stdout.split()
-        [job] = tasks if task is None else [t for t in tasks if t.endswith(f"_{task}")]  # a grid: a job array
-        subprocess.run(["scancel", f"--signal={signal}", job], env=env, check=True)
+        subprocess.run(["scancel", f"--signal={signal}", job_of(env, name, task)], env=env, check=True)
         return launcher.communicate(timeout=500)[0]
     finally:
         launcher.kill()
@@ -168,17 +170,28 @@ def test_a_job_killed_before_it_writes_its_result_is_named_and_the_launcher_ends
 
 
 def test_a_job_at_its_time_limit_is_requeued_and_resumes_to_identical_metrics(tmp_path, slurm_env):
-    """SLURM signals SIGUSR2 `signal_delay_s` before the limit, checked every 30 s or so: a 2-minute limit with
-    50 s of warning signals after 40 to 70 s, once the job's Python has its handlers (a signal during the
-    interpreter's start kills a job before submitit can requeue it)."""
-    reference = here(tmp_path / "here", LONG)
-    out = launch(tmp_path, slurm_env, job_name(tmp_path), *LONG, f"results_dir={tmp_path / 'results'}",
-                 "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=8",
-                 timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
+    """SLURM signals SIGUSR2 `signal_delay_s` before the limit, checked every 30 s or so: with a 2-minute limit
+    and 50 s of warning, 40 to 70 s after the start. A job that ends sooner is never signalled, so this one is
+    stopped (SIGSTOP) at its first checkpoint, to reach its limit on a CPU of any speed: SLURM continues a
+    stopped job to signal it."""
+    reference = here(tmp_path / "here", SHORT)
+    name = job_name(tmp_path)
+    launcher = start_launcher(tmp_path, slurm_env, name, *SHORT, f"results_dir={tmp_path / 'results'}",
+                              "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=50",
+                              "hydra.launcher.max_num_timeout=8")
+    try:
+        wait_for("experiments/smoke/*/checkpoint.pt", tmp_path)
+        subprocess.run(["scancel", "--signal=STOP", job_of(slurm_env, name)], env=slurm_env, check=True)
+        log = launcher.communicate(timeout=500)[0]
+    finally:
+        launcher.kill()
+        subprocess.run(["scancel", f"--name={name}"], env=slurm_env, capture_output=True, timeout=30)
+    assert launcher.returncode == 0, log
     [run] = (tmp_path / "experiments" / "smoke").iterdir()
-    job_log = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*.log"))
-    assert "resume" in job_log, job_log  # it did not fit its time: it was signalled, requeued and resumed
+    job_logs = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*_log.*"))
+    assert "this job is timed-out" in job_logs, job_logs  # submitit's word for a signal near the limit
+    hydra_log = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*.log"))
+    assert "resume" in hydra_log, hydra_log
     assert RunDir(run).finished and rows(run) == uninterrupted(reference, tmp_path / "here")
 
 
