@@ -60,6 +60,35 @@ def test_auto_precision_follows_the_cpu(monkeypatch, tmp_path, cpu, bf16):
     assert ("no native bf16" in summary.device) is not bf16
 
 
+def test_a_run_resumed_on_another_cpu_goes_on_in_the_precision_it_started_in(monkeypatch, tmp_path):
+    """Killed after its checkpoint at 4 on a CPU where auto picks bf16, resumed where auto picks fp32 (a
+    requeued job on another node, a campaign on a new machine): it trains on in bf16, says why, and ends
+    with the metrics of the same run uninterrupted."""
+    schedule = ["profile=smoke", *TINY, "train.iterations=8", "train.milestones=[6]", "engine.log_every=2",
+                "engine.eval_every=8", "engine.checkpoint_every=4"]
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_6(_, row):
+        if row["iteration"] == 6:
+            raise Killed
+
+    monkeypatch.setattr(hardware, "cpu_features", lambda: SAPPHIRE_RAPIDS)
+    [whole] = runner.run_experiment(compose_experiment("custom", [*schedule, f"runs_dir={tmp_path / 'a'}"]))
+    parts = compose_experiment("custom", [*schedule, f"runs_dir={tmp_path / 'b'}"])
+    with pytest.raises(Killed):
+        runner.run_experiment(parts, on_row=killed_at_6)
+    monkeypatch.setattr(hardware, "cpu_features", lambda: AVX2_ONLY)
+    [resumed] = runner.run_experiment(parts)
+    assert whole.precision == resumed.precision == "bf16"
+    assert resumed.amp_reason.startswith("auto: bf16, as the run trained before it resumed (on this machine "
+                                         "alone: fp32 (auto: fp32, bf16 not native")
+    assert (whole.final_test_error, whole.final_train_error) == (resumed.final_test_error, resumed.final_train_error)
+    [fresh] = runner.run_experiment(compose_experiment("custom", [*schedule, f"runs_dir={tmp_path / 'c'}"]))
+    assert fresh.precision == "fp32"  # a run that starts here takes what auto picks here
+
+
 @pytest.mark.parametrize("capability, native_bf16, expected", [
     ((9, 0), True, "bf16"),  # H100
     ((8, 0), True, "bf16"),  # A100

@@ -6,6 +6,7 @@ pack of runs), then, once all have trained, Table 5's ensemble and the experimen
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cifar import build_cifar
 from .config import expand_runs, runs_root
 from .data import Data
-from .engine import Engine, check_memory, setup_engine
+from .engine import Engine, check_memory, set_tf32, setup_engine
 from .errors import UserError
 from .evaluate import run_ensemble
 from .imagenet import build_imagenet, setting
@@ -100,10 +101,28 @@ def run_experiment(
                     if key not in data_by_config:
                         data_by_config[key] = build_data(cfgs[0], engine)
                     data = data_by_config[key]
-                    members, stepper = prepare(cfgs, dirs, data, engine)
-                    for s in fit(members, stepper, data, engine, on_row, stop):
+                    resumed = in_its_precision(engine, cfgs[0], dirs)
+                    members, stepper = prepare(cfgs, dirs, data, resumed)
+                    for s in fit(members, stepper, data, resumed, on_row, stop):
                         summaries[s.run_id] = s
     return [summaries[r.run.id] for r in runs if r.run.id in summaries]
+
+
+def in_its_precision(engine: Engine, cfg: DictConfig, runs: tuple[RunDir, ...]) -> Engine:
+    """The engine for runs about to train: under `engine.precision: auto`, runs resumed from a checkpoint go
+    on in the precision they started in. Auto decides by the machine, and a requeued job or a campaign can
+    resume on another one (bf16 where it started, fp32 here): its arithmetic must not change midway."""
+    trained = {run.read_summary().trained_in for run in runs if run.checkpoint.exists() and run.summary_file.exists()}
+    if cfg.engine.precision != "auto" or not trained or trained == {engine.precision}:
+        set_tf32(engine.precision)
+        return engine
+    if len(trained) > 1:
+        raise UserError(f"the runs of this pack started in different precisions ({', '.join(sorted(trained))}): "
+                        f"resume them with engine.pack=1")
+    [precision] = trained
+    set_tf32(precision)
+    return dataclasses.replace(engine, precision=precision, precision_reason=(
+        f"auto: {precision}, as the run trained before it resumed (on this machine alone: {engine.precision_text})"))
 
 
 def progress_line(run_cfg: DictConfig, row: dict) -> str:
