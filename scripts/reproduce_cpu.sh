@@ -109,6 +109,31 @@ save() {  # every run with a checkpoint that experiments/ lacks (unfinished, or 
   echo "saved ${kept[*]} into $saved ($(du -h "$saved" | cut -f1)); commit $state"
 }
 
+same_precision() {  # frozen code from before a resumed run kept its precision picks auto's by this machine
+  grep -q in_its_precision "$campaign/code/src/resnet_repro/runner.py" 2>/dev/null && return 0
+  local changed
+  changed=$(frozen - "$runs" <<'PY'
+import json, sys
+from pathlib import Path
+
+import torch
+
+try:
+    from resnet_repro.engine import choose_precision
+    here = choose_precision("auto", torch.device("cpu"))[0]
+except ImportError:  # the code of before engine.precision
+    from resnet_repro.engine import choose_amp
+    here = "bf16" if choose_amp("auto", torch.device("cpu"))[0] else "fp32"
+for summary in sorted(Path(sys.argv[1]).glob("*/summary.json")):
+    s = json.loads(summary.read_text())
+    trained = s.get("precision") or ("bf16" if s.get("amp") else "fp32")
+    if s.get("status") != "finished" and (summary.parent / "checkpoint.pt").exists() and trained != here:
+        print(f"{summary.parent.name} ({trained}, here {here})")
+PY
+) || { echo "error: the frozen code could not say which precision this machine trains in; see the message above" >&2; exit 2; }
+  [ -z "$changed" ] || { echo "error: the frozen code would resume $(echo $changed) in this machine's precision, changing it midway: resume them on a CPU like the one they started on, or delete them from $runs to start them again" >&2; exit 2; }
+}
+
 build_data() {  # CIFAR-10 from the pixel-exact copy, checked against the sha256 of the batch files every start
   if [ -n "${DATA:-}" ]; then
     [ "$profile" != paper ] || { echo "error: DATA is for trying the machinery (PROFILE=smoke); the paper runs train on the pixel-exact copy built from LOSSLESS" >&2; exit 2; }
@@ -144,6 +169,7 @@ worker() {  # one run after another in queue order; finished runs are skipped, r
 start() {
   freeze
   restore
+  same_precision
   build_data
   mkdir -p "$campaign/logs"
   # workers run a copy of this script: bash reads a script as it goes, so an edit here would reach them;

@@ -175,3 +175,27 @@ def test_a_saved_campaign_starts_again_on_a_new_machine_where_it_stopped(tmp_pat
     (state / "smoke-uncollected.tar").write_bytes(b"not a tar")
     broken = call("start", campaign=tmp_path / "third")
     assert broken.returncode == 2 and len(broken.stderr.splitlines()) == 1 and "remove it" in broken.stderr
+
+
+PAPER_CAMPAIGN_COMMIT = "f5f3066690d75d32b84755c984c0d82cf3ffe70c"  # frozen before runs kept their precision
+
+
+@pytest.mark.skipif(subprocess.run(["git", "-C", str(SCRIPT.parents[1]), "cat-file", "-e", PAPER_CAMPAIGN_COMMIT],
+                                   capture_output=True).returncode != 0, reason="a shallow clone lacks that commit")
+def test_frozen_code_that_would_change_a_resumed_runs_precision_does_not_start(tmp_path, fake_cifar):
+    """The paper campaign's code picks `auto`'s precision by the machine a run resumes on: a run started in
+    another precision is refused before anything trains (fp16 stands for one that auto never picks on a CPU)."""
+    from rundirs import make_run
+
+    repo, state, campaign = tmp_path / "repo", tmp_path / "state", tmp_path / "campaign"
+    subprocess.run(["git", "clone", "-q", str(SCRIPT.parents[1]), str(repo)], check=True, timeout=60)
+    state.mkdir()
+    (state / "code.commit").write_text(PAPER_CAMPAIGN_COMMIT + "\n")
+    started_elsewhere = make_run(campaign / "runs", "smoke", "resnet32-A", status="running", precision="fp16")
+    (started_elsewhere / "checkpoint.pt").write_bytes(b"iteration 500")
+    env = {**os.environ, "REPO": str(repo), "STATE": str(state), "CAMPAIGN": str(campaign), "PROFILE": "smoke",
+           "DATA": str(fake_cifar), "RUNS": "0", "WORKERS": "1", "PYTHON": sys.executable}
+    refused = subprocess.run(["bash", str(SCRIPT.parent / "reproduce_cpu.sh"), "paper", "start"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stdout + refused.stderr
+    assert "would resume resnet32-A-seed0 (fp16, here " in refused.stderr and not (campaign / "logs").exists()
