@@ -122,20 +122,15 @@ def wait_for(path_glob, root: Path, timeout: float = 180) -> Path:
     raise AssertionError(f"nothing matched {path_glob} under {root} in {timeout} s")
 
 
-def job_of(env, name, task=None) -> str:
-    """The id of the job named `name`, or of its grid's point `task` (a grid is a job array)."""
-    tasks = subprocess.run(["squeue", "-h", "--array", "-n", name, "-o", "%i"], env=env, capture_output=True,
-                           text=True).stdout.split()
-    [job] = tasks if task is None else [t for t in tasks if t.endswith(f"_{task}")]
-    return job
-
-
 def signal_once_checkpointed(launcher: subprocess.Popen, tmp_path, env, name, signal, run="*", task=None) -> str:
     """`signal` to the launcher's one job, or to its grid's point `task`, once `run` has a checkpoint; the
     launcher's output when it has ended. The jobs are cancelled afterwards in any case."""
     try:
         wait_for(f"experiments/smoke/{run}/checkpoint.pt", tmp_path)
-        subprocess.run(["scancel", f"--signal={signal}", job_of(env, name, task)], env=env, check=True)
+        tasks = subprocess.run(["squeue", "-h", "--array", "-n", name, "-o", "%i"], env=env, capture_output=True,
+                               text=True).stdout.split()
+        [job] = tasks if task is None else [t for t in tasks if t.endswith(f"_{task}")]  # a grid: a job array
+        subprocess.run(["scancel", f"--signal={signal}", job], env=env, check=True)
         return launcher.communicate(timeout=500)[0]
     finally:
         launcher.kill()
@@ -179,13 +174,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_to_identical_metrics(tm
     launcher = start_launcher(tmp_path, slurm_env, name, *SHORT, f"results_dir={tmp_path / 'results'}",
                               "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=50",
                               "hydra.launcher.max_num_timeout=8")
-    try:
-        wait_for("experiments/smoke/*/checkpoint.pt", tmp_path)
-        subprocess.run(["scancel", "--signal=STOP", job_of(slurm_env, name)], env=slurm_env, check=True)
-        log = launcher.communicate(timeout=500)[0]
-    finally:
-        launcher.kill()
-        subprocess.run(["scancel", f"--name={name}"], env=slurm_env, capture_output=True, timeout=30)
+    log = signal_once_checkpointed(launcher, tmp_path, slurm_env, name, "STOP")
     assert launcher.returncode == 0, log
     [run] = (tmp_path / "experiments" / "smoke").iterdir()
     job_logs = "".join(p.read_text() for p in (tmp_path / "hydra").glob("**/*_log.*"))

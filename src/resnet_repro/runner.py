@@ -114,15 +114,16 @@ def in_its_precision(engine: Engine, cfg: DictConfig, runs: tuple[RunDir, ...]) 
     resume on another one (bf16 where it started, fp32 here): its arithmetic must not change midway."""
     trained = {run.read_summary().trained_in for run in runs if run.checkpoint.exists() and run.summary_file.exists()}
     if cfg.engine.precision != "auto" or not trained or trained == {engine.precision}:
-        set_tf32(engine.precision)
-        return engine
-    if len(trained) > 1:
+        resumed = engine
+    elif len(trained) > 1:
         raise UserError(f"the runs of this pack started in different precisions ({', '.join(sorted(trained))}): "
                         f"resume them with engine.pack=1")
-    [precision] = trained
-    set_tf32(precision)
-    return dataclasses.replace(engine, precision=precision, precision_reason=(
-        f"auto: {precision}, as the run trained before it resumed (on this machine alone: {engine.precision_text})"))
+    else:
+        [precision] = trained
+        resumed = dataclasses.replace(engine, precision=precision, precision_reason=(
+            f"auto: {precision}, as the run trained before it resumed (on this machine alone: {engine.precision_text})"))
+    set_tf32(resumed.precision)  # an earlier pack's may still be set
+    return resumed
 
 
 def progress_line(run_cfg: DictConfig, row: dict) -> str:
