@@ -133,7 +133,8 @@ def test_lowest_seed_drawn_and_said(runs, results):
     result = plots.plot_figure("fig1", runs, results, formats=PNG)
     assert result.drawn[0] == "paper/plain20-seed0"
     assert result.figure.axes[1].lines[0].get_ydata()[-1] == pytest.approx(9.0)
-    assert "plain-20: 3 runs in profile `paper` (seeds 0 1 2); drawn: plain20-seed0" in result.notes
+    assert ("plain-20: 3 runs in profile `paper`; drawn: plain20-seed0; not drawn: plain20-seed1, plain20-seed2"
+            in result.notes)
 
 
 def test_short_sample_runs_keep_real_iterations_and_widen_the_axis(runs, results):

@@ -164,10 +164,10 @@ def select_runs(runs: pd.DataFrame, models: list[str], profile: str | None = Non
         run = sub.iloc[0]
         picked[model], data[model] = run, loaded[run.name]
         same = sub[sub.profile == run.profile]
-        if len(same) > 1:
-            seeds = " ".join(str(int(s)) for s in sorted(same.seed))
-            notes.append(f"{pretty(model)}: {len(same)} runs in profile `{run.profile}` (seeds {seeds}); "
-                         f"drawn: {run.run_id}")
+        if len(same) > 1:  # seeds alone do not tell the runs apart: a control shares the seed it checks
+            others = ", ".join(sorted(same.run_id[same.run_id != run.run_id]))
+            notes.append(f"{pretty(model)}: {len(same)} runs in profile `{run.profile}`; drawn: {run.run_id}; "
+                         f"not drawn: {others}")
     notes += [f"{r.profile}/{r.run_id} ({r.status}) has nothing to draw yet"
               for r in pool.drop(usable.index).itertuples() if r.model not in picked]
     return picked, data, notes + left_out
