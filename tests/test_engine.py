@@ -11,6 +11,7 @@ from resnet_repro import hardware, runner
 from resnet_repro.config import compose_experiment
 from resnet_repro.engine import choose_precision, compile_mode, set_tf32, setup_engine
 from resnet_repro.errors import UserError
+from resnet_repro.runs import load_runs
 
 
 def test_compile_setting_is_a_mode_or_off():
@@ -85,6 +86,15 @@ def test_a_run_resumed_on_another_cpu_goes_on_in_the_precision_it_started_in(mon
     assert resumed.amp_reason.startswith("auto: bf16, as the run trained before it resumed (on this machine "
                                          "alone: fp32 (auto: fp32, bf16 not native")
     assert (whole.final_test_error, whole.final_train_error) == (resumed.final_test_error, resumed.final_train_error)
+    # where each stretch trained stays in the run's record, not only the last machine
+    assert whole.trained_on is None and whole.devices == whole.device
+    first, second = resumed.trained_on
+    assert (first["from_iteration"], second["from_iteration"]) == (0, 4)
+    assert "no native bf16" not in first["device"] and "no native bf16" in second["device"]
+    assert second["device"] == resumed.device
+    assert first["precision"] == second["precision"] == "bf16"
+    [row] = load_runs(tmp_path / "b").itertuples()
+    assert row.device == resumed.devices == f"{first['device']} from 0; {second['device']} from 4"
 
 
 @pytest.mark.parametrize("capability, native_bf16, expected", [

@@ -109,7 +109,7 @@ def test_plateau_schedule_divides_after_patience_evaluations():
 
 
 CHECKPOINT_KEYS = {"run_id", "iterations", "iteration", "model", "optimizer", "torch_rng", "rows", "window",
-                   "warm_window", "warmup_done", "started", "wall_s", "warm_history", "warmup_end"}
+                   "warm_window", "warmup_done", "started", "wall_s", "warm_history", "warmup_end", "trained_on"}
 
 
 def test_the_checkpoint_holds_the_train_state_and_reads_back(tmp_path):
@@ -124,10 +124,12 @@ def test_the_checkpoint_holds_the_train_state_and_reads_back(tmp_path):
     model.load_state_dict(saved["model"])
     again = state.to_checkpoint(cfg, model, optimizer, saved["wall_s"], saved["torch_rng"])
     assert again.keys() == CHECKPOINT_KEYS and again["window"] == saved["window"] and again["run_id"] == cfg.run.id
-    for key in ("warm_window", "warm_history", "warmup_end"):  # written before these were checkpointed
+    assert state.trained_on == saved["trained_on"] and [t["from_iteration"] for t in state.trained_on] == [0]
+    for key in ("warm_window", "warm_history", "warmup_end", "trained_on"):  # written before these were checkpointed
         del saved[key]
     old = train.TrainState.from_checkpoint(saved, engine.device)
     assert old.warm_window.tolist() == [0.0, 0.0, 0.0] and old.warm_history == [] and old.warmup_end is None
+    assert old.trained_on == []
 
 
 def test_a_checkpoint_of_another_run_or_schedule_is_refused(tmp_path):

@@ -143,9 +143,12 @@ class Summary:
     packed_with: list[str] | None = None  # engine.pack: the runs trained beside it in one packed net
     input_pipeline: str = ""  # ImageNet: CPU-worker or GPU (nvJPEG) decoding, as engine.decode chose
     weights: dict | None = None  # a finished CIFAR-10 run's committed weights: file, sha256, bytes, fp32 error (weights.py)
+    # a run resumed elsewhere: from_iteration, device, world_size, precision, git_commit, torch of each stretch
+    # (`device`, `git_commit`, `torch` above are the last stretch's); None: one stretch from iteration 0
+    trained_on: list[dict] | None = None
 
     _WRITTEN_WHEN_SET = ("final_eval", "failure", "ensemble", "members", "images", "warmup_end", "packed_with",
-                         "input_pipeline", "data", "precision", "weights")
+                         "input_pipeline", "data", "precision", "weights", "trained_on")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -169,6 +172,15 @@ class Summary:
     def trained_in(self) -> str:
         """The precision it trained and scored in (summaries from before `precision` kept only `amp`)."""
         return self.precision or ("bf16" if self.amp else "fp32")
+
+    @property
+    def devices(self) -> str:
+        """Where it trained: its device, or each stretch's where it moved ("A from 0; B from 40,000")."""
+        stretches = self.trained_on or []
+        if len({t["device"] for t in stretches}) < 2 and (not stretches or stretches[0]["from_iteration"] == 0):
+            return self.device
+        earlier = "" if stretches[0]["from_iteration"] == 0 else "unrecorded from 0; "
+        return earlier + "; ".join(f"{t['device']} from {t['from_iteration']:,}" for t in stretches)
 
     @property
     def data_id(self) -> DataId:

@@ -83,7 +83,7 @@ def _run_row(run: RunDir) -> dict:
         "depth": model.get("depth"), "shortcut": model.get("shortcut", ""), "params": s.params, "seed": s.seed,
         "iterations": s.iterations, "iterations_done": iterations_done, "final_train_error": s.final_train_error,
         "final_test_error": s.final_test_error, "final_test_top5_error": s.final_test_top5_error,
-        "eval_protocol": s.eval_protocol or "single", "wall_s": s.wall_s or 0.0, "device": s.device,
+        "eval_protocol": s.eval_protocol or "single", "wall_s": s.wall_s or 0.0, "device": s.devices,
         "variant": s.variant, "overrides": " ".join(recipe_overrides(s.overrides)), "ensemble": bool(s.ensemble),
         "mean_response_std": mean_response_std,
         "precision": s.trained_in, "weights_sha256": (s.weights or {}).get("sha256", ""),

@@ -110,6 +110,8 @@ class TrainState:
     warm_history: list = field(default_factory=list)  # (wrong, count) of the last warm-up checks' blocks
     warmup_end: int | None = None  # the iteration the warm-up ended at
     scaler: dict | None = None  # fp16: the gradient scaler's state as last saved
+    # where each stretch of training ran (Summary.trained_on): a resumed run may move to another machine
+    trained_on: list[dict] = field(default_factory=list)
 
     @classmethod
     def new(cls, warmup: bool, device: torch.device) -> TrainState:
@@ -121,7 +123,7 @@ class TrainState:
         return cls(state["iteration"], state["rows"], torch.tensor(state["window"], device=device),
                    torch.tensor(state.get("warm_window", [0.0, 0.0, 0.0]), device=device), state["warmup_done"],
                    state["started"], state["wall_s"], state.get("warm_history", []), state.get("warmup_end"),
-                   state.get("scaler"))
+                   state.get("scaler"), state.get("trained_on", []))
 
     def to_checkpoint(self, cfg: DictConfig, model: nn.Module, optimizer, wall_s: float, rng: torch.Tensor,
                       scaler: dict | None = None) -> dict:
@@ -130,7 +132,7 @@ class TrainState:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": rng,
             "rows": self.rows, "window": self.window.tolist(), "warm_window": self.warm_window.tolist(),
             "warmup_done": self.warmup_done, "started": self.started, "wall_s": wall_s,
-            "warm_history": self.warm_history, "warmup_end": self.warmup_end,
+            "warm_history": self.warm_history, "warmup_end": self.warmup_end, "trained_on": self.trained_on,
         } | ({"scaler": scaler} if scaler is not None else {})
 
 
@@ -192,6 +194,7 @@ def prepare(cfgs: Sequence[DictConfig], runs: Sequence[RunDir], data: Data, engi
         torch.manual_seed(int(cfg.seed))  # the run's initial weights
         model, optimizer = prepare_model(cfg, engine, data.num_classes)
         state = resume(run, cfg, model, optimizer, engine)
+        note_where_it_trains(state, engine)
         summary = start_summary(cfg, data, engine, model, state)
         members.append(Member(cfg, run, state, summary, torch.get_rng_state(), state.iteration))
         solos.append((model, optimizer))
@@ -222,6 +225,16 @@ def record_row(m: Member, row: dict, engine: Engine, on_row: Callable[[DictConfi
             on_row(m.cfg, row)
 
 
+def note_where_it_trains(state: TrainState, engine: Engine) -> None:
+    """Add this session's machine to the run's `trained_on`, unless the run's last stretch ran on the same
+    device, precision, commit and torch (a resume on the same machine continues that stretch)."""
+    here = {"device": device_name(engine.device), "world_size": engine.world, "precision": engine.precision,
+            "git_commit": git_commit(), "torch": str(torch.__version__)}  # a plain str: checkpoints load weights-only
+    last = state.trained_on[-1] if state.trained_on else None
+    if last is None or any(last.get(k) != v for k, v in here.items()):
+        state.trained_on.append({"from_iteration": state.iteration, **here})
+
+
 def start_summary(cfg: DictConfig, data: Data, engine: Engine, model: nn.Module, state: TrainState) -> Summary:
     m = cfg.model
     keeps = bool(cfg.run.get("keeps_schedule", not cfg.run.variant)) and not data.dataset.subset
@@ -242,7 +255,14 @@ def start_summary(cfg: DictConfig, data: Data, engine: Engine, model: nn.Module,
         git_commit=git_commit(),
         torch=torch.__version__, started=state.started, overrides=list(cfg.experiment.get("overrides", [])),
         variant=cfg.run.variant, warmup_end=state.warmup_end, input_pipeline=data.pipeline,
+        trained_on=moved(state.trained_on),
     )
+
+
+def moved(trained_on: list[dict]) -> list[dict] | None:
+    """`trained_on` where the run did not train in one stretch from iteration 0 (else the summary's own
+    device, commit and precision say it all)."""
+    return trained_on if len(trained_on) > 1 or (trained_on and trained_on[0]["from_iteration"] > 0) else None
 
 
 def finish_summary(m: Member, engine: Engine, wall_s: float) -> Summary:
